@@ -1,0 +1,189 @@
+"""The coding distribution P and the two posterior parameterisations of Q, over blocks [B, D].
+
+Every free variable i has Q_i = N(mu_i, sigma_i^2) and P_i = N(0, s_i^2), with one learnable
+scale s per parameter tensor (:class:`CodingDistribution`). KL(Q_i || P_i) in nats is
+``ln(s/sigma) + (sigma^2 + mu^2) / (2 s^2) - 1/2``; a block costs the sum over its slots.
+
+Both parameterisations share one interface (:class:`Posterior`): ``mean_std(s)`` gives
+(mu, sigma) per slot, ``kl_loss_term`` is what the KL adds to the loss, and ``after_step``
+lets a parameterisation adapt after every optimiser step. Padding slots are kept at
+mu = 0, sigma = s (Q = P): they cost nothing and the coder ignores them.
+
+* :class:`MeanVar` (MIRACLE): free (mu, log sigma); one beta per block, annealed after every
+  step: beta_b *= 1 + eps_beta when KL_b exceeds the block's budget, /= 1 + eps_beta otherwise.
+* :class:`MeanKL` (Lin, Flamich & Hernandez-Lobato 2023): Q is parameterised by its mean and
+  its KL, so every block costs exactly its budget by construction and nothing is annealed.
+  The paper's split of a block's budget over its weights and its bound on the mean could
+  not be read; *this is our reconstruction*:
+
+      kappa_i = budget_nats * softmax(lambda)_i             (over the real slots of the block)
+      mu_i    = (1 - eps) * s_i * sqrt(2 kappa_i) * tanh(nu_i)
+      x_i     = sigma_i^2 / s_i^2 solves  x - ln x = 1 + 2 kappa_i - mu_i^2 / s_i^2,  x <= 1
+              = -W0(-exp(-(1 + 2 kappa_i - mu_i^2 / s_i^2)))
+
+  with lambda, nu free. W0 is the principal Lambert W branch (sigma <= s; the other branch
+  gives sigma > s and wastes bits). A solution exists only for mu^2 <= 2 kappa s^2, hence the
+  tanh bound; eps keeps mu strictly inside, where dx/dc = x / (x - 1) is finite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .blocks import BlockLayout
+from .lambertw import lambertw0
+
+LN2 = math.log(2.0)
+
+
+def kl_nats(mu: torch.Tensor, sigma: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, s^2)) elementwise, in nats."""
+    return torch.log(s / sigma) + (sigma**2 + mu**2) / (2 * s**2) - 0.5
+
+
+def mean_kl_to_mean_std(
+    kappa_nats: torch.Tensor, bound_fraction: torch.Tensor, s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kappa, mu / (s sqrt(2 kappa)), s) -> (mu, sigma) with KL(Q||P) = kappa exactly.
+
+    ``bound_fraction`` must lie in (-1, 1). Computed in float64: near mu's bound, 1 - x is
+    the square root of a tiny number and float32 would lose the KL.
+    """
+    kappa, r, s64 = kappa_nats.double(), bound_fraction.double(), s.double()
+    mu = s64 * torch.sqrt(2 * kappa) * r
+    excess = 2 * kappa * (1 - r * r)  # c - 1 = 2 kappa - mu^2 / s^2 >= 0, without cancellation
+    x = -lambertw0(-torch.exp(-1.0 - excess))
+    return mu.to(s.dtype), (s64 * torch.sqrt(x)).to(s.dtype)
+
+
+class CodingDistribution(nn.Module):
+    """P = N(0, s^2) with one learnable scale per coded tensor; frozen once coding starts."""
+
+    def __init__(self, layout: BlockLayout, initial_scales: torch.Tensor) -> None:
+        super().__init__()
+        self.layout = layout
+        self.log_scale = nn.Parameter(initial_scales.float().log())
+
+    def scales(self) -> torch.Tensor:
+        """s per tensor, in the order of ``layout.tensors``."""
+        return self.log_scale.exp()
+
+    def slot_scales(self) -> torch.Tensor:
+        """s per slot [B, D]; padding slots get 1."""
+        return self.layout.per_slot(self.scales())
+
+
+class Posterior(nn.Module):
+    """Q over the blocks of a :class:`BlockLayout`; subclasses define (mu, sigma)."""
+
+    name: str
+
+    def __init__(self, layout: BlockLayout, bits_per_block: int) -> None:
+        super().__init__()
+        self.layout = layout
+        self.bits_per_block = bits_per_block
+        self.register_buffer("is_real", layout.is_real.clone(), persistent=False)
+
+    def mean_std(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, sigma) [B, D] given the slot scales s [B, D]; padding slots are (0, s)."""
+        mu, sigma = self._mean_std(s)
+        return torch.where(self.is_real, mu, torch.zeros_like(mu)), torch.where(self.is_real, sigma, s)
+
+    def _mean_std(self, s):
+        raise NotImplementedError  # each parameterisation defines it
+
+    def kl_loss_term(self, kl_nats_per_block: torch.Tensor) -> torch.Tensor:
+        """What the KL adds to the training loss (before division by the dataset size)."""
+        raise NotImplementedError  # each parameterisation defines it
+
+    def after_step(self, kl_bits_per_block: torch.Tensor) -> None:
+        """Adapt after an optimiser step (Mean-Var anneals beta); default: nothing."""
+
+
+class MeanVar(Posterior):
+    """Free (mu, log sigma); the budget is enforced by annealing one beta per block."""
+
+    name = "mean-var"
+
+    def __init__(
+        self,
+        layout: BlockLayout,
+        bits_per_block: int,
+        initial_mean: torch.Tensor,
+        initial_std: torch.Tensor,
+        beta_initial: float = 1e-2,
+        eps_beta: float = 5e-3,
+    ) -> None:
+        super().__init__(layout, bits_per_block)
+        self.mu = nn.Parameter(initial_mean.clone().float())
+        self.log_sigma = nn.Parameter(initial_std.float().log())
+        self.eps_beta = eps_beta
+        self.register_buffer("beta", torch.full((layout.num_blocks,), float(beta_initial)))
+        # Blocks whose beta keeps annealing; progressive coding switches coded blocks off.
+        self.register_buffer("annealing", torch.ones(layout.num_blocks, dtype=torch.bool))
+
+    def _mean_std(self, s):
+        return self.mu, self.log_sigma.exp()
+
+    def kl_loss_term(self, kl_nats_per_block):
+        return (self.beta * kl_nats_per_block).sum()
+
+    @torch.no_grad()
+    def after_step(self, kl_bits_per_block):
+        over = kl_bits_per_block > self.bits_per_block
+        factor = torch.where(over, 1 + self.eps_beta, 1 / (1 + self.eps_beta))
+        self.beta.copy_(torch.where(self.annealing, self.beta * factor, self.beta))
+
+
+class MeanKL(Posterior):
+    """(mu, KL) parameterisation: every block's KL is ``kl_bits`` by construction.
+
+    ``kl_bits`` defaults to the bits per block; a smaller value leaves the coder a margin
+    below log K (less bias at a small cost in information).
+    """
+
+    name = "mean-kl"
+
+    def __init__(
+        self,
+        layout: BlockLayout,
+        bits_per_block: int,
+        initial_mean: torch.Tensor,
+        initial_scales: torch.Tensor,
+        kl_bits: float | None = None,
+        mean_bound_margin: float = 1e-3,
+    ) -> None:
+        super().__init__(layout, bits_per_block)
+        self.kl_bits = float(bits_per_block if kl_bits is None else kl_bits)
+        if not 0 < self.kl_bits <= bits_per_block:
+            raise ValueError(f"kl_bits must be in (0, {bits_per_block}], got {kl_bits}")
+        self.mean_bound_margin = mean_bound_margin
+        self.kl_logits = nn.Parameter(torch.zeros(layout.num_blocks, layout.block_dim))
+        # Start from the given means where the equal split's bound allows it.
+        counts = layout.is_real.sum(1, keepdim=True)
+        kappa = self.kl_bits * LN2 / counts
+        fraction = initial_mean / (initial_scales * torch.sqrt(2 * kappa))
+        fraction = fraction.clamp(-0.9, 0.9) / (1 - mean_bound_margin)
+        self.mean_logits = nn.Parameter(torch.atanh(fraction).float())
+
+    def kappa_nats(self) -> torch.Tensor:
+        """KL per slot [B, D] in nats; padding slots get 0 and each block sums to kl_bits."""
+        logits = self.kl_logits.masked_fill(~self.is_real, float("-inf"))
+        return self.kl_bits * LN2 * torch.softmax(logits, dim=1)
+
+    def _mean_std(self, s):
+        fraction = (1 - self.mean_bound_margin) * torch.tanh(self.mean_logits)
+        # Padding (kappa = 0) would sit on W0's branch point, whose infinite gradient turns
+        # into NaN even where masked out; it gets a harmless stand-in, replaced by (0, s).
+        kappa = torch.where(self.is_real, self.kappa_nats(), 1.0).clamp_min(1e-12)
+        return mean_kl_to_mean_std(kappa, fraction, s)
+
+    def kl_loss_term(self, kl_nats_per_block):
+        # Constant by construction: the KL needs no weight and no annealing.
+        return kl_nats_per_block.new_zeros(())
+
+
+POSTERIORS = {MeanVar.name: MeanVar, MeanKL.name: MeanKL}

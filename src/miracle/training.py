@@ -1,0 +1,235 @@
+"""Variational training: the ELBO, Adam, progress, JSON-lines metrics, crash-safe checkpoints.
+
+The loss is the negative ELBO *per training example*:
+
+    loss = mean NLL of the batch (nats) + sum_b beta_b KL_b (nats) / N_train
+
+so beta_b = 1 is the exact ELBO. Mean-KL has a constant KL (the term has no gradient and no
+beta); Mean-Var anneals its betas after every step (:class:`miracle.posteriors.MeanVar`).
+
+Every random choice is derived from ``seed``: the batches of epoch e from (seed, e), the
+weight noise of step t from (seed, t). A run resumed from a checkpoint therefore continues
+exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .data import Split
+from .errors import MiracleError
+from .posteriors import LN2
+from .variational import VariationalModel
+
+DEFAULT_LR = {"mean-kl": 1e-2, "mean-var": 1e-3}  # method.md section 8: Mean-KL needs more
+CHECKPOINT_NAME = "checkpoint.pt"
+OVER_BUDGET_TOLERANCE_BITS = 1e-3  # rounding: Mean-KL blocks sit at their budget
+METRICS_NAME = "metrics.jsonl"
+
+
+class TrainingDiverged(MiracleError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float | None = None  # None: DEFAULT_LR of the parameterisation
+    seed: int = 0
+    checkpoint_every: int = 500
+    block_kl_every: int = 100  # how often the metrics carry every block's KL
+
+    def learning_rate(self, param: str) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[param]
+
+
+def _derived_generator(*parts: int) -> torch.Generator:
+    seed = 0
+    for part in parts:
+        seed = (seed * 1_000_003 + int(part)) % (2**63)
+    return torch.Generator().manual_seed(seed)
+
+
+def _batch_indices(step: int, num_examples: int, batch_size: int, seed: int) -> torch.Tensor:
+    per_epoch = num_examples // batch_size
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(num_examples, generator=_derived_generator(seed, 1, epoch))
+    return order[position * batch_size : (position + 1) * batch_size]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split: Split, batch_size: int = 1000, **forward_kwargs) -> float:
+    """Fraction of ``split`` classified correctly; ``forward_kwargs`` go to ``model``."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(split), batch_size):
+        logits = model(split.images[start : start + batch_size], **forward_kwargs)
+        correct += int((logits.argmax(1) == split.labels[start : start + batch_size]).sum())
+    model.train(was_training)
+    return correct / len(split)
+
+
+def evaluate_posterior(vmodel: VariationalModel, split: Split, seed: int = 0) -> dict:
+    """Test accuracy of the posterior mean and of one posterior sample (drawn from ``seed``)."""
+    return {
+        "test_accuracy_mean": accuracy(vmodel, split, use_mean=True),
+        "test_accuracy_sample": accuracy(vmodel, split, generator=_derived_generator(seed, 3)),
+    }
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _trainable(vmodel: VariationalModel) -> list[nn.Parameter]:
+    return [p for p in vmodel.parameters() if p.requires_grad]
+
+
+class Trainer:
+    """Trains a :class:`VariationalModel`; with ``out_dir`` it checkpoints and resumes."""
+
+    def __init__(self, vmodel: VariationalModel, train_split: Split, config: TrainConfig,
+                 out_dir: str | os.PathLike | None = None, run_info: dict | None = None) -> None:
+        self.vmodel, self.data, self.config = vmodel, train_split, config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.run_info = run_info or {}  # what else identifies the run (model, dataset)
+        self.optimizer = torch.optim.Adam(_trainable(vmodel), lr=config.learning_rate(vmodel.config.param))
+        self.step = 0
+        self.seconds = 0.0
+        if config.batch_size > len(train_split):
+            raise MiracleError(f"batch size {config.batch_size} exceeds the {len(train_split)} training examples")
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _identity(self) -> dict:
+        return {"variational": self.vmodel.config.to_dict(), "train": asdict(self.config), **self.run_info}
+
+    def _comparable_identity(self, identity: dict) -> dict:
+        # More steps may be asked of a finished run; everything else must match.
+        train = {k: v for k, v in identity["train"].items() if k != "steps"}
+        return {**identity, "train": train}
+
+    def save_checkpoint(self) -> None:
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        _save_atomic(
+            {"identity": self._identity(), "step": self.step, "seconds": self.seconds,
+             "vmodel": self.vmodel.state_dict(), "optimizer": self.optimizer.state_dict()},
+            self.out_dir / CHECKPOINT_NAME,
+        )
+
+    def try_resume(self) -> bool:
+        path = self.out_dir / CHECKPOINT_NAME if self.out_dir else None
+        if path is None or not path.exists():
+            return False
+        state = torch.load(path, weights_only=False)
+        if self._comparable_identity(state["identity"]) != self._comparable_identity(self._identity()):
+            raise MiracleError(
+                f"{self.out_dir} holds a run with other settings; choose another output directory "
+                "or delete it to start over"
+            )
+        self.vmodel.load_state_dict(state["vmodel"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.seconds = state["step"], state["seconds"]
+        return True
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        vm, cfg = self.vmodel, self.config
+        index = _batch_indices(self.step, len(self.data), cfg.batch_size, cfg.seed)
+        images, labels = self.data.images[index], self.data.labels[index]
+        logits = vm(images, generator=_derived_generator(cfg.seed, 2, self.step))
+        nll = nn.functional.cross_entropy(logits, labels)
+        kl_nats = vm.kl_nats_per_block()
+        loss = nll + vm.posterior.kl_loss_term(kl_nats).float() / len(self.data)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"training diverged at step {self.step} (loss is {loss.item()}); lower the "
+                "learning rate (--lr) or, for Mean-Var, the annealing rate (--eps-beta)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        kl_bits = kl_nats.detach() / LN2
+        vm.posterior.after_step(kl_bits)
+        record = {
+            "step": self.step + 1,
+            "loss": loss.item(),
+            "nll": nll.item(),
+            "batch_accuracy": (logits.argmax(1) == labels).float().mean().item(),
+            "kl_bits_total": kl_bits.sum().item(),
+            "kl_bits_per_block_min": kl_bits.min().item(),
+            "kl_bits_per_block_max": kl_bits.max().item(),
+            "blocks_over_budget": int((kl_bits > vm.config.bits_per_block + OVER_BUDGET_TOLERANCE_BITS).sum()),
+        }
+        if cfg.block_kl_every and (self.step + 1) % cfg.block_kl_every == 0:
+            record["kl_bits_per_block"] = [round(v, 5) for v in kl_bits.tolist()]
+        self.step += 1
+        return record
+
+    def run(self, progress: bool = True) -> None:
+        """Train up to ``config.steps`` steps, resuming from the checkpoint if there is one."""
+        resumed = self.try_resume()
+        metrics = None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            metrics_path = self.out_dir / METRICS_NAME
+            if resumed:
+                _truncate_metrics(metrics_path, self.step)
+            metrics = open(metrics_path, "a" if resumed else "w")
+        bar = tqdm(total=self.config.steps, initial=self.step, disable=not progress, desc="training",
+                   unit="step", dynamic_ncols=True)
+        try:
+            while self.step < self.config.steps:
+                start = time.perf_counter()
+                record = self.train_step()
+                self.seconds += time.perf_counter() - start
+                record["seconds"] = round(self.seconds, 3)
+                if metrics:
+                    metrics.write(json.dumps(record) + "\n")
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record['kl_bits_total']:.0f}b",
+                                acc=f"{record['batch_accuracy']:.2f}", refresh=False)
+                if self.step % self.config.checkpoint_every == 0:
+                    metrics and metrics.flush()
+                    self.save_checkpoint()
+            self.save_checkpoint()
+        finally:
+            bar.close()
+            if metrics:
+                metrics.close()
+
+    def step_ms(self) -> float:
+        return 1000 * self.seconds / max(self.step, 1)
+
+
+def _truncate_metrics(path: Path, steps_kept: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= steps_kept]
+    path.write_text("".join(kept))
+
+
+def train(vmodel: VariationalModel, train_split: Split, config: TrainConfig | None = None,
+          out_dir=None, progress: bool = True) -> Trainer:
+    """Convenience: train ``vmodel`` and return the finished :class:`Trainer`."""
+    trainer = Trainer(vmodel, train_split, config or TrainConfig(), out_dir)
+    trainer.run(progress)
+    return trainer
+
+
+__all__ = ["TrainConfig", "Trainer", "train", "accuracy", "evaluate_posterior", "TrainingDiverged"]

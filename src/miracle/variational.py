@@ -1,0 +1,153 @@
+"""A Gaussian posterior over the selected parameters of any ``nn.Module``.
+
+:class:`VariationalModel` wraps the user's model without changing it: the model keeps its
+class, its ``state_dict`` keys and its own ``forward``. At every call the wrapper builds the
+selected weights from the posterior (a reparameterised sample, or the mean) and runs the
+model with them through :func:`torch.func.functional_call`. (``torch.nn.utils.parametrize``
+was the other candidate; it renames the keys to ``...parametrizations.weight.original``.)
+Parameters that are not selected stay the model's own and are trained as usual.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .blocks import BlockLayout, num_blocks_for
+from .errors import InvalidInput
+from .posteriors import LN2, POSTERIORS, CodingDistribution, MeanKL, MeanVar, kl_nats
+
+CODED_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class VariationalConfig:
+    """Everything that defines the posterior's structure; saved with every checkpoint."""
+
+    budget_bits: int
+    param: str = "mean-kl"
+    bits_per_block: int = 16
+    group_sizes: dict[str, int] = field(default_factory=dict)  # hashing; absent names use 1
+    include: list[str] | None = None  # fnmatch patterns over parameter names
+    exclude: list[str] | None = None
+    hash_seed: int = 0
+    partition_seed: int = 0
+    kl_bits: float | None = None  # Mean-KL: KL per block (default: bits_per_block)
+    beta_initial: float = 1e-2  # Mean-Var: initial beta, in units of the ELBO (see training)
+    eps_beta: float = 5e-3  # Mean-Var: annealing rate per step
+    initial_std_ratio: float = 0.1  # Mean-Var: initial sigma / s
+
+    def __post_init__(self) -> None:
+        if self.param not in POSTERIORS:
+            raise InvalidInput(f"unknown parameterisation {self.param!r}; choose one of {', '.join(POSTERIORS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def select_parameters(model: nn.Module, include=None, exclude=None) -> dict[str, nn.Parameter]:
+    """Default: every weight and bias of Linear and Conv layers. ``include`` replaces the
+    default with the parameters whose names match any pattern; ``exclude`` removes matches."""
+    if include:
+        chosen = {n: p for n, p in model.named_parameters() if any(fnmatch.fnmatch(n, pat) for pat in include)}
+    else:
+        chosen = {
+            f"{prefix}.{name}" if prefix else name: p
+            for prefix, module in model.named_modules()
+            if isinstance(module, CODED_LAYER_TYPES)
+            for name, p in module.named_parameters(recurse=False)
+            if name in ("weight", "bias")
+        }
+    if exclude:
+        chosen = {n: p for n, p in chosen.items() if not any(fnmatch.fnmatch(n, pat) for pat in exclude)}
+    if not chosen:
+        raise InvalidInput(
+            "no parameters are selected for coding: the model has no Linear or Conv layer, or "
+            "include/exclude removed them all; name parameters with include=[...]"
+        )
+    return chosen
+
+
+class VariationalModel(nn.Module):
+    def __init__(self, model: nn.Module, config: VariationalConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        selected = select_parameters(model, config.include, config.exclude)
+        unknown = set(config.group_sizes) - set(selected)
+        if unknown:
+            raise InvalidInput(f"group sizes given for parameters that are not coded: {sorted(unknown)}")
+        for p in selected.values():
+            p.requires_grad_(False)  # replaced by the posterior in every forward
+        self.layout = BlockLayout(
+            {n: tuple(p.shape) for n, p in selected.items()},
+            config.group_sizes,
+            num_blocks_for(config.budget_bits, config.bits_per_block),
+            config.hash_seed,
+            config.partition_seed,
+        )
+        # The coding distribution starts at each tensor's spread (biases that are all zero
+        # get a small floor), and Q at the model's current weights, projected onto the hashing.
+        initial_scales = torch.stack([p.detach().float().std().clamp_min(1e-2) for p in selected.values()])
+        self.prior = CodingDistribution(self.layout, initial_scales)
+        initial_mean = self.layout.tensors_to_blocks(selected)
+        s = self.layout.per_slot(initial_scales)
+        if config.param == MeanVar.name:
+            self.posterior = MeanVar(
+                self.layout, config.bits_per_block, initial_mean, config.initial_std_ratio * s,
+                config.beta_initial, config.eps_beta,
+            )
+        else:
+            self.posterior = MeanKL(self.layout, config.bits_per_block, initial_mean, s, config.kl_bits)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.layout.num_blocks
+
+    def block_mean_std(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mu, sigma, s), each [B, D]: the block view the coder consumes."""
+        s = self.prior.slot_scales()
+        mu, sigma = self.posterior.mean_std(s)
+        return mu, sigma, s
+
+    def kl_nats_per_block(self) -> torch.Tensor:
+        mu, sigma, s = self.block_mean_std()
+        return kl_nats(mu.double(), sigma.double(), s.double()).sum(1)
+
+    def sample_blocks(self, generator: torch.Generator | None = None, use_mean: bool = False) -> torch.Tensor:
+        mu, sigma, _ = self.block_mean_std()
+        if use_mean:
+            return mu
+        noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+        return mu + sigma * noise
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, use_mean: bool = False):
+        weights = self.layout.blocks_to_tensors(self.sample_blocks(generator, use_mean))
+        return functional_call(self.model, weights, (x,))
+
+    @torch.no_grad()
+    def export(self, generator: torch.Generator | None = None, use_mean: bool = True) -> nn.Module:
+        """Write the posterior mean (or a sample) into the wrapped model and return it."""
+        weights = self.layout.blocks_to_tensors(self.sample_blocks(generator, use_mean))
+        params = dict(self.model.named_parameters())
+        for name, value in weights.items():
+            params[name].copy_(value)
+        return self.model
+
+    def kl_summary(self) -> dict:
+        with torch.no_grad():
+            kl_bits = self.kl_nats_per_block() / LN2
+        return {
+            "kl_bits_total": float(kl_bits.sum()),
+            "kl_bits_per_block_min": float(kl_bits.min()),
+            "kl_bits_per_block_max": float(kl_bits.max()),
+            "blocks": self.layout.num_blocks,
+            "bits_per_block": self.config.bits_per_block,
+        }
+
+
+__all__ = ["VariationalConfig", "VariationalModel", "select_parameters", "MeanKL", "MeanVar"]

