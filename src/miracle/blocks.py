@@ -76,7 +76,8 @@ class BlockLayout:
             raise InvalidInput("no parameters are selected for coding; check include/exclude")
         self.hash_seed, self.partition_seed = int(hash_seed), int(partition_seed)
         self.tensors: list[TensorEntry] = []
-        self._hash_index: list[torch.Tensor] = []  # per tensor: position -> local free variable
+        # Per tensor: position -> its rank among the g * num_free repeated variables, and sign.
+        self._hash_index: list[torch.Tensor] = []
         self._hash_sign: list[torch.Tensor] = []
         offset = 0
         for tensor_id, (name, shape) in enumerate(shapes.items()):
@@ -116,10 +117,9 @@ class BlockLayout:
     def _hashing(self, entry: TensorEntry, tensor_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         if entry.group_size == 1:
             return torch.arange(entry.numel), torch.ones(entry.numel)
-        positions = random_permutation(entry.numel, self.hash_seed, _HASH_STREAM, 2 * tensor_id)
-        index = torch.empty(entry.numel, dtype=torch.long)
-        index[positions] = torch.arange(entry.numel) // entry.group_size
-        return index, random_signs(entry.numel, self.hash_seed, _HASH_STREAM, 2 * tensor_id + 1)
+        # Position p holds the (order[p] // g)-th free variable: each is used g times.
+        order = random_permutation(entry.numel, self.hash_seed, _HASH_STREAM, 2 * tensor_id)
+        return order, random_signs(entry.numel, self.hash_seed, _HASH_STREAM, 2 * tensor_id + 1)
 
     @property
     def names(self) -> list[str]:
@@ -137,7 +137,11 @@ class BlockLayout:
         for entry, index, sign in zip(self.tensors, self._hash_index, self._hash_sign):
             values = free[entry.offset : entry.offset + entry.num_free]
             if entry.group_size > 1:
-                values = values[index] * sign.to(values.dtype)
+                # expand + permutation rather than values[index_with_repeats]: the backward of
+                # a gather with repeated indices accumulates in a thread-dependent order, and
+                # training must be bit-reproducible to resume exactly.
+                repeated = values[:, None].expand(-1, entry.group_size).reshape(-1)
+                values = repeated[index] * sign.to(values.dtype)
             out[entry.name] = values.view(entry.shape)
         return out
 
@@ -147,8 +151,9 @@ class BlockLayout:
         free = torch.zeros(self.num_free, dtype=torch.float32)
         for entry, index, sign in zip(self.tensors, self._hash_index, self._hash_sign):
             flat = tensors[entry.name].detach().reshape(-1).float()
-            sums = torch.zeros(entry.num_free).index_add_(0, index, flat * sign)
-            counts = torch.zeros(entry.num_free).index_add_(0, index, torch.ones_like(flat))
+            variable = index // entry.group_size
+            sums = torch.zeros(entry.num_free).index_add_(0, variable, flat * sign)
+            counts = torch.zeros(entry.num_free).index_add_(0, variable, torch.ones_like(flat))
             free[entry.offset : entry.offset + entry.num_free] = sums / counts
         blocks = torch.zeros(self.num_blocks * self.block_dim)
         blocks[self.slot_of_free] = free

@@ -4,79 +4,94 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+import torch
+
 from . import data as data_module
+from .compress import decompress, run_compression, work_dir_for
 from .errors import MiracleError
+from .fileformat import FORMAT_VERSION, byte_breakdown, read_mrc
 from .models import create_model, get_model_spec, model_names
 from .posteriors import POSTERIORS
+from .progressive import CodingConfig
 from .provenance import provenance
-from .training import TrainConfig, Trainer, evaluate_posterior
+from .training import TrainConfig, Trainer, accuracy, evaluate_posterior, load_checkpoint
 from .units import parse_budget_bits
 from .variational import VariationalConfig, VariationalModel
 
+# MIRACLE's published LeNet-5 / MNIST point, without side information (method.md section 7).
+MIRACLE_PUBLISHED = {"size_bytes": 1520, "test_error": 0.0096}
 
-def _add_variational_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help=f"registered model: {', '.join(model_names())}")
-    p.add_argument("--dataset", required=True, help=f"dataset: {', '.join(data_module.DATASETS)}")
+
+def _variational_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, help=f"registered model: {', '.join(model_names())}")
+    p.add_argument("--dataset", required=required, help=f"dataset: {', '.join(data_module.DATASETS)}")
     p.add_argument("--param", default="mean-kl", help=f"posterior: {', '.join(POSTERIORS)} (default mean-kl)")
-    p.add_argument("--budget", required=True, help="total budget, e.g. 1.5KB (1 KB = 1000 bytes), 12000bits")
+    p.add_argument("--budget", required=required, help="total budget, e.g. 1.5KB (1 KB = 1000 bytes), 12000bits")
     p.add_argument("--bits-per-block", type=int, default=16, help="C_loc, 1..24 (default 16)")
     p.add_argument("--no-hashing", action="store_true", help="one free variable per weight")
     p.add_argument("--kl-bits", type=float, default=None, help="Mean-KL: KL per block (default: bits per block)")
     p.add_argument("--beta-initial", type=float, default=VariationalConfig.beta_initial, help="Mean-Var: initial beta")
     p.add_argument("--eps-beta", type=float, default=VariationalConfig.eps_beta, help="Mean-Var: annealing rate")
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps before coding")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-2 Mean-KL, 1e-3 Mean-Var)")
+    p.add_argument("--lr-schedule", default=TrainConfig.lr_schedule, choices=("cosine", "constant"))
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice of the run")
-    p.add_argument("--data-dir", default=None, help="folder with the datasets (default: $MIRACLE_DATA, then the cache)")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON line instead of text")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def build_variational(args) -> VariationalModel:
-    spec = get_model_spec(args.model)
-    config = VariationalConfig(
-        budget_bits=parse_budget_bits(args.budget),
-        param=args.param,
-        bits_per_block=args.bits_per_block,
-        group_sizes={} if args.no_hashing else spec.group_sizes,
-        hash_seed=args.seed,
-        partition_seed=args.seed,
-        kl_bits=args.kl_bits,
-        beta_initial=args.beta_initial,
-        eps_beta=args.eps_beta,
-    )
-    return VariationalModel(create_model(args.model), config)
+def _data_dir_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help="folder with the datasets (default: $MIRACLE_DATA, then the cache)")
 
 
-def cmd_train(args) -> dict:
+def _configs(args) -> tuple[VariationalConfig, TrainConfig]:
     if args.steps < 1 or args.batch_size < 1:
         raise MiracleError("--steps and --batch-size must be at least 1")
     if args.lr is not None and not 0 < args.lr < float("inf"):
         raise MiracleError(f"the learning rate must be a positive number, got {args.lr}")
-    vmodel = build_variational(args)
-    train_split = data_module.load(args.dataset, "train", args.data_dir)
-    test_split = data_module.load(args.dataset, "test", args.data_dir)
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    trainer = Trainer(vmodel, train_split, config, args.out, {"model": args.model, "dataset": args.dataset})
-    trainer.run(progress=not args.quiet)
-    scores = evaluate_posterior(vmodel, test_split, args.seed)
-    summary = {
-        "model": args.model,
-        "dataset": args.dataset,
-        "param": args.param,
+    spec = get_model_spec(args.model)
+    vconfig = VariationalConfig(
+        budget_bits=parse_budget_bits(args.budget), param=args.param, bits_per_block=args.bits_per_block,
+        group_sizes={} if args.no_hashing else spec.group_sizes, hash_seed=args.seed,
+        partition_seed=args.seed, kl_bits=args.kl_bits, beta_initial=args.beta_initial, eps_beta=args.eps_beta,
+    )
+    tconfig = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                          lr_schedule=args.lr_schedule, seed=args.seed)
+    return vconfig, tconfig
+
+
+def _posterior_summary(trainer: Trainer, scores: dict) -> dict:
+    vmodel = trainer.vmodel
+    return {
+        "param": vmodel.config.param,
         "test_accuracy": scores["test_accuracy_sample"],
         **scores,
         **vmodel.kl_summary(),
-        "steps": trainer.step,
-        "seconds": round(trainer.seconds, 2),
+        "steps": trainer.config.steps,
+        "train_seconds": round(trainer.seconds, 2),
         "step_ms": round(trainer.step_ms(), 2),
+    }
+
+
+def cmd_train(args) -> dict:
+    vconfig, tconfig = _configs(args)
+    train_split = data_module.load(args.dataset, "train", args.data_dir)
+    test_split = data_module.load(args.dataset, "test", args.data_dir)
+    trainer = Trainer(VariationalModel(create_model(args.model), vconfig), train_split, tconfig, args.out,
+                      {"model": args.model, "dataset": args.dataset})
+    trainer.run(progress=not args.quiet)
+    summary = {
+        "model": args.model, "dataset": args.dataset,
+        **_posterior_summary(trainer, evaluate_posterior(trainer.vmodel, test_split, tconfig.seed)),
+        "seconds": round(trainer.seconds, 2),
         "checkpoint": str(Path(args.out) / "checkpoint.pt"),
         **provenance(),
     }
@@ -96,6 +111,121 @@ def print_train_summary(s: dict) -> None:
     )
 
 
+def _compress_setup(args):
+    """(model name, dataset, vconfig, tconfig, start_from) from the options or from --from."""
+    if args.from_checkpoint is None:
+        missing = [f"--{k}" for k in ("model", "dataset", "budget") if getattr(args, k) is None]
+        if missing:
+            raise MiracleError(f"compress needs {', '.join(missing)} (or --from CHECKPOINT of `miracle train`)")
+        return (args.model, args.dataset, *_configs(args), None)
+    state = load_checkpoint(args.from_checkpoint)
+    identity = state["identity"]
+    if args.model is not None and args.model != identity["model"]:
+        raise MiracleError(f"{args.from_checkpoint} is a checkpoint of {identity['model']}, not of {args.model}")
+    if args.dataset is not None and args.dataset != identity["dataset"]:
+        raise MiracleError(f"{args.from_checkpoint} was trained on {identity['dataset']}, not on {args.dataset}")
+    # Training is over at the checkpoint's step; coding retrains with its settings.
+    tconfig = TrainConfig(**{**identity["train"], "steps": state["step"]})
+    return identity["model"], identity["dataset"], VariationalConfig(**identity["variational"]), tconfig, \
+        args.from_checkpoint
+
+
+def cmd_compress(args) -> dict:
+    model_name, dataset, vconfig, tconfig, start_from = _compress_setup(args)
+    coding = CodingConfig(args.blocks_per_group, args.retrain_steps, args.rule, coder_seed=tconfig.seed,
+                          sender_seed=tconfig.seed)
+    train_split = data_module.load(dataset, "train", args.data_dir)
+    test_split = data_module.load(dataset, "test", args.data_dir)
+    model = create_model(model_name)
+    work = work_dir_for(args.output)
+    trainer = Trainer(VariationalModel(model, vconfig), train_split, tconfig, work,
+                      {"model": model_name, "dataset": dataset, "coding": coding.to_dict()})
+    result = run_compression(trainer, coding, args.output, model_name, not args.quiet, start_from, test_split)
+    # The figures of the file come from the file, decoded as a receiver would.
+    decoded = decompress(args.output)
+    test_accuracy = accuracy(decoded, test_split)
+    float32_bytes = 4 * sum(p.numel() for p in decoded.parameters())
+    summary = {
+        "output": str(args.output),
+        "model": model_name,
+        "dataset": dataset,
+        "size_bytes": result.size_bytes,
+        "ratio": round(float32_bytes / result.size_bytes, 1),
+        "test_error": round(1 - test_accuracy, 6),
+        "test_accuracy": test_accuracy,
+        "index_bits": result.index_bits,
+        "blocks": result.num_blocks,
+        "bits_per_block": result.bits_per_block,
+        "before_coding": _posterior_summary(trainer, result.before_coding) if result.before_coding else None,
+        "coding": coding.to_dict(),
+        "seconds": round(result.seconds, 2),
+        "miracle_published": MIRACLE_PUBLISHED,
+        **provenance(),
+    }
+    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def print_compress_summary(s: dict) -> None:
+    before = s["before_coding"]
+    if before:
+        print(f"trained {before['steps']} steps ({before['step_ms']:.0f} ms/step): posterior sample "
+              f"{100 * before['test_accuracy_sample']:.2f}%, mean {100 * before['test_accuracy_mean']:.2f}%")
+    print(
+        f"{s['output']}: {s['size_bytes']} bytes ({s['index_bits'] // 8} of them indices: {s['blocks']} blocks x "
+        f"{s['bits_per_block']} bits), {s['ratio']:.0f}x smaller than float32\n"
+        f"test error of the decoded file: {100 * s['test_error']:.2f}% on {s['dataset']}  "
+        f"(MIRACLE, published: {MIRACLE_PUBLISHED['size_bytes']} bytes of indices alone, "
+        f"{100 * MIRACLE_PUBLISHED['test_error']:.2f}%)\n"
+        f"wall time: {s['seconds']:.0f} s"
+    )
+
+
+def cmd_decompress(args) -> dict:
+    model = decompress(args.file)
+    out = Path(args.output)
+    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise MiracleError(f"cannot write {out}: choose a path in an existing, writable folder")
+    tmp = out.with_name(f".{out.name}.partial")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, out)
+    return {"output": str(out), "model": read_mrc(args.file).model_name,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def cmd_evaluate(args) -> dict:
+    model = decompress(args.file)
+    test_split = data_module.load(args.dataset, "test", args.data_dir)
+    test_accuracy = accuracy(model, test_split)
+    return {"file": str(args.file), "model": read_mrc(args.file).model_name, "dataset": args.dataset,
+            "size_bytes": Path(args.file).stat().st_size, "test_error": round(1 - test_accuracy, 6),
+            "test_accuracy": test_accuracy}
+
+
+def cmd_inspect(args) -> dict:
+    contents = read_mrc(args.file)
+    return {
+        "file": str(args.file),
+        "format_version": FORMAT_VERSION,
+        "model": contents.model_name,
+        "fingerprint": contents.fingerprint.hex(),
+        "blocks": contents.num_blocks,
+        "bits_per_block": contents.bits_per_block,
+        "block_dim": contents.block_dim,
+        "generator_version": contents.generator_version,
+        "seeds": {"coder": contents.coder_seed, "hash": contents.hash_seed, "partition": contents.partition_seed},
+        "group_sizes": contents.group_sizes,
+        "prior_scales": [float(f"{v:.6g}") for v in contents.prior_scales.tolist()],
+        "uncoded_tensors": list(contents.uncoded),
+        **byte_breakdown(Path(args.file).read_bytes()),
+    }
+
+
+def print_inspect(s: dict) -> None:
+    for key, value in s.items():
+        print(f"{key:>18}: {value}")
+
+
 def cmd_data_fetch(args) -> dict:
     target = Path(args.dir) if args.dir else None
     names = data_module.DATASETS if args.dataset == "all" else (args.dataset,)
@@ -108,10 +238,43 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a variational posterior within a budget")
-    _add_variational_options(train)
+    _variational_options(train)
+    _data_dir_option(train)
     train.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl, summary.json")
-    _common(train)
+    _output_options(train)
     train.set_defaults(func=cmd_train, printer=print_train_summary)
+
+    compress = sub.add_parser("compress", help="train and code a model into a .mrc file")
+    _variational_options(compress, required=False)
+    _data_dir_option(compress)
+    compress.add_argument("-o", "--output", required=True, help="the .mrc file to write")
+    compress.add_argument("--from", dest="from_checkpoint", default=None,
+                          help="code a model trained by `miracle train` (its checkpoint.pt)")
+    compress.add_argument("--blocks-per-group", type=int, default=CodingConfig.blocks_per_group)
+    compress.add_argument("--retrain-steps", type=int, default=CodingConfig.retrain_steps)
+    compress.add_argument("--rule", default=CodingConfig.rule, help="selection rule: mrc or ordered")
+    _output_options(compress)
+    compress.set_defaults(func=cmd_compress, printer=print_compress_summary)
+
+    decompress_p = sub.add_parser("decompress", help="turn a .mrc file into a PyTorch state_dict file")
+    decompress_p.add_argument("file")
+    decompress_p.add_argument("-o", "--output", required=True)
+    decompress_p.add_argument("--json", action="store_true")
+    decompress_p.set_defaults(func=cmd_decompress, printer=lambda s: print(f"wrote {s['output']} ({s['model']})"))
+
+    evaluate = sub.add_parser("evaluate", help="test error of the network in a .mrc file")
+    evaluate.add_argument("file")
+    evaluate.add_argument("--dataset", required=True)
+    _data_dir_option(evaluate)
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=cmd_evaluate, printer=lambda s: print(
+        f"{s['file']} ({s['model']}, {s['size_bytes']} bytes): test error {100 * s['test_error']:.2f}% "
+        f"(accuracy {100 * s['test_accuracy']:.2f}%) on {s['dataset']}"))
+
+    inspect = sub.add_parser("inspect", help="header and byte breakdown of a .mrc file")
+    inspect.add_argument("file")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(func=cmd_inspect, printer=print_inspect)
 
     data = sub.add_parser("data", help="datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)

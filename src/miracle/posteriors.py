@@ -102,6 +102,9 @@ class Posterior(nn.Module):
     def after_step(self, kl_bits_per_block: torch.Tensor) -> None:
         """Adapt after an optimiser step (Mean-Var anneals beta); default: nothing."""
 
+    def freeze_blocks(self, block_ids: torch.Tensor) -> None:
+        """These blocks are coded: stop adapting them; default: nothing."""
+
 
 class MeanVar(Posterior):
     """Free (mu, log sigma); the budget is enforced by annealing one beta per block."""
@@ -114,8 +117,8 @@ class MeanVar(Posterior):
         bits_per_block: int,
         initial_mean: torch.Tensor,
         initial_std: torch.Tensor,
-        beta_initial: float = 1e-2,
-        eps_beta: float = 5e-3,
+        beta_initial: float = 1.0,
+        eps_beta: float = 1e-3,
     ) -> None:
         super().__init__(layout, bits_per_block)
         self.mu = nn.Parameter(initial_mean.clone().float())
@@ -136,6 +139,9 @@ class MeanVar(Posterior):
         over = kl_bits_per_block > self.bits_per_block
         factor = torch.where(over, 1 + self.eps_beta, 1 / (1 + self.eps_beta))
         self.beta.copy_(torch.where(self.annealing, self.beta * factor, self.beta))
+
+    def freeze_blocks(self, block_ids):
+        self.annealing[block_ids] = False
 
 
 class MeanKL(Posterior):

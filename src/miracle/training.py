@@ -15,6 +15,7 @@ exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -45,11 +46,23 @@ class TrainConfig:
     batch_size: int = 128
     lr: float | None = None  # None: DEFAULT_LR of the parameterisation
     seed: int = 0
+    lr_schedule: str = "cosine"  # "cosine": decays to final_lr_fraction * lr at `steps`; or "constant"
+    final_lr_fraction: float = 0.05  # also the learning rate of retraining during coding
     checkpoint_every: int = 500
     block_kl_every: int = 100  # how often the metrics carry every block's KL
 
-    def learning_rate(self, param: str) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[param]
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise MiracleError(f"unknown learning-rate schedule {self.lr_schedule!r}; choose cosine or constant")
+
+    def learning_rate(self, param: str, step: int = 0) -> float:
+        """The learning rate of optimiser step ``step`` (a function of the step, so resumable)."""
+        base = self.lr if self.lr is not None else DEFAULT_LR[param]
+        if self.lr_schedule == "constant":
+            return base
+        final = base * self.final_lr_fraction
+        progress = min(step, self.steps) / self.steps
+        return final + (base - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _derived_generator(*parts: int) -> torch.Generator:
@@ -130,19 +143,32 @@ class Trainer:
             self.out_dir / CHECKPOINT_NAME,
         )
 
-    def try_resume(self) -> bool:
+    def resume(self, start_from: str | os.PathLike | None = None) -> bool:
+        """Continue from the checkpoint in ``out_dir`` if there is one, else from the
+        checkpoint ``start_from`` of a run of the same model (``miracle compress --from``)."""
         path = self.out_dir / CHECKPOINT_NAME if self.out_dir else None
-        if path is None or not path.exists():
+        if path is not None and path.exists():
+            state = load_checkpoint(path)
+            if self._comparable_identity(state["identity"]) != self._comparable_identity(self._identity()):
+                raise MiracleError(
+                    f"{self.out_dir} holds a run with other settings; choose another output directory "
+                    "or delete it to start over"
+                )
+        elif start_from is not None:
+            state = load_checkpoint(start_from)
+            keys = ("variational", "model", "dataset")
+            if any(state["identity"].get(k) != self._identity().get(k) for k in keys):
+                raise MiracleError(f"{start_from} is a checkpoint of another model or setting")
+        else:
             return False
-        state = torch.load(path, weights_only=False)
-        if self._comparable_identity(state["identity"]) != self._comparable_identity(self._identity()):
-            raise MiracleError(
-                f"{self.out_dir} holds a run with other settings; choose another output directory "
-                "or delete it to start over"
-            )
         self.vmodel.load_state_dict(state["vmodel"])
+        if not self.vmodel.prior.log_scale.requires_grad or state["vmodel"]["coded"].any():
+            self.vmodel.freeze_prior()
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.seconds = state["step"], state["seconds"]
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            _truncate_metrics(self.out_dir / METRICS_NAME, self.step)
         return True
 
     # -- the loop ----------------------------------------------------------------------------
@@ -153,7 +179,9 @@ class Trainer:
         logits = vm(images, generator=_derived_generator(cfg.seed, 2, self.step))
         nll = nn.functional.cross_entropy(logits, labels)
         kl_nats = vm.kl_nats_per_block()
-        loss = nll + vm.posterior.kl_loss_term(kl_nats).float() / len(self.data)
+        # Coded blocks are weights now: their KL is paid and no longer part of the objective.
+        kl_term = vm.posterior.kl_loss_term(torch.where(vm.coded, 0.0, kl_nats))
+        loss = nll + kl_term.float() / len(self.data)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"training diverged at step {self.step} (loss is {loss.item()}); lower the "
@@ -161,6 +189,8 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.learning_rate(vm.config.param, self.step)
         self.optimizer.step()
         kl_bits = kl_nats.detach() / LN2
         vm.posterior.after_step(kl_bits)
@@ -168,31 +198,28 @@ class Trainer:
             "step": self.step + 1,
             "loss": loss.item(),
             "nll": nll.item(),
+            "lr": self.optimizer.param_groups[0]["lr"],
             "batch_accuracy": (logits.argmax(1) == labels).float().mean().item(),
             "kl_bits_total": kl_bits.sum().item(),
             "kl_bits_per_block_min": kl_bits.min().item(),
             "kl_bits_per_block_max": kl_bits.max().item(),
             "blocks_over_budget": int((kl_bits > vm.config.bits_per_block + OVER_BUDGET_TOLERANCE_BITS).sum()),
+            "blocks_coded": int(vm.coded.sum()),
         }
         if cfg.block_kl_every and (self.step + 1) % cfg.block_kl_every == 0:
             record["kl_bits_per_block"] = [round(v, 5) for v in kl_bits.tolist()]
         self.step += 1
         return record
 
-    def run(self, progress: bool = True) -> None:
-        """Train up to ``config.steps`` steps, resuming from the checkpoint if there is one."""
-        resumed = self.try_resume()
-        metrics = None
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            metrics_path = self.out_dir / METRICS_NAME
-            if resumed:
-                _truncate_metrics(metrics_path, self.step)
-            metrics = open(metrics_path, "a" if resumed else "w")
-        bar = tqdm(total=self.config.steps, initial=self.step, disable=not progress, desc="training",
-                   unit="step", dynamic_ncols=True)
+    def train_until(self, target_step: int, progress: bool = True, desc: str = "training") -> None:
+        """Train until ``target_step`` steps are done in all; checkpoints on the way."""
+        if self.step >= target_step:
+            return
+        metrics = open(self.out_dir / METRICS_NAME, "a") if self.out_dir is not None else None
+        bar = tqdm(total=target_step, initial=self.step, disable=not progress, desc=desc, unit="step",
+                   dynamic_ncols=True, leave=False)
         try:
-            while self.step < self.config.steps:
+            while self.step < target_step:
                 start = time.perf_counter()
                 record = self.train_step()
                 self.seconds += time.perf_counter() - start
@@ -203,16 +230,37 @@ class Trainer:
                 bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record['kl_bits_total']:.0f}b",
                                 acc=f"{record['batch_accuracy']:.2f}", refresh=False)
                 if self.step % self.config.checkpoint_every == 0:
-                    metrics and metrics.flush()
+                    if metrics:
+                        metrics.flush()
                     self.save_checkpoint()
-            self.save_checkpoint()
         finally:
             bar.close()
             if metrics:
                 metrics.close()
 
+    def run(self, progress: bool = True, start_from=None) -> None:
+        """Train up to ``config.steps`` steps, resuming from the checkpoint if there is one."""
+        if not self.resume(start_from) and self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / METRICS_NAME).write_text("")
+        self.train_until(self.config.steps, progress)
+        self.save_checkpoint()
+
     def step_ms(self) -> float:
         return 1000 * self.seconds / max(self.step, 1)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint written by :class:`Trainer`; a clear error for anything else."""
+    try:
+        state = torch.load(path, weights_only=False)
+    except FileNotFoundError:
+        raise MiracleError(f"{path}: no such checkpoint") from None
+    except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
+        raise MiracleError(f"{path} is not a miracle checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or "identity" not in state or "vmodel" not in state:
+        raise MiracleError(f"{path} is not a miracle training checkpoint")
+    return state
 
 
 def _truncate_metrics(path: Path, steps_kept: int) -> None:

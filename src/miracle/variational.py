@@ -37,8 +37,8 @@ class VariationalConfig:
     hash_seed: int = 0
     partition_seed: int = 0
     kl_bits: float | None = None  # Mean-KL: KL per block (default: bits_per_block)
-    beta_initial: float = 1e-2  # Mean-Var: initial beta, in units of the ELBO (see training)
-    eps_beta: float = 5e-3  # Mean-Var: annealing rate per step
+    beta_initial: float = 1.0  # Mean-Var: initial beta; 1 is the exact ELBO (see training)
+    eps_beta: float = 1e-3  # Mean-Var: annealing rate per step
     initial_std_ratio: float = 0.1  # Mean-Var: initial sigma / s
 
     def __post_init__(self) -> None:
@@ -103,6 +103,23 @@ class VariationalModel(nn.Module):
             )
         else:
             self.posterior = MeanKL(self.layout, config.bits_per_block, initial_mean, s, config.kl_bits)
+        # Progressive coding: blocks already coded are fixed to their coded sample.
+        B, D = self.layout.num_blocks, self.layout.block_dim
+        self.register_buffer("coded", torch.zeros(B, dtype=torch.bool))
+        self.register_buffer("coded_indices", torch.full((B,), -1, dtype=torch.long))
+        self.register_buffer("coded_values", torch.zeros(B, D))
+
+    @torch.no_grad()
+    def fix_blocks(self, block_ids: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> None:
+        """Fix blocks to their coded samples: from now on they are weights, not distributions."""
+        self.coded[block_ids] = True
+        self.coded_indices[block_ids] = indices
+        self.coded_values[block_ids] = values
+        self.posterior.freeze_blocks(block_ids)
+
+    def freeze_prior(self) -> None:
+        """The receiver needs the prior scales: once coding starts they must not move."""
+        self.prior.log_scale.requires_grad_(False)
 
     @property
     def num_blocks(self) -> int:
@@ -121,9 +138,10 @@ class VariationalModel(nn.Module):
     def sample_blocks(self, generator: torch.Generator | None = None, use_mean: bool = False) -> torch.Tensor:
         mu, sigma, _ = self.block_mean_std()
         if use_mean:
-            return mu
-        noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
-        return mu + sigma * noise
+            values = mu
+        else:
+            values = mu + sigma * torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+        return torch.where(self.coded[:, None], self.coded_values, values)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, use_mean: bool = False):
         weights = self.layout.blocks_to_tensors(self.sample_blocks(generator, use_mean))
