@@ -137,7 +137,7 @@ def cmd_compress(args) -> dict:
     train_split = data_module.load(dataset, "train", args.data_dir)
     test_split = data_module.load(dataset, "test", args.data_dir)
     model = create_model(model_name)
-    work = work_dir_for(args.output)
+    work = Path(args.work_dir) if args.work_dir else work_dir_for(args.output)
     trainer = Trainer(VariationalModel(model, vconfig), train_split, tconfig, work,
                       {"model": model_name, "dataset": dataset, "coding": coding.to_dict()})
     result = run_compression(trainer, coding, args.output, model_name, not args.quiet, start_from, test_split)
@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("-o", "--output", required=True, help="the .mrc file to write")
     compress.add_argument("--from", dest="from_checkpoint", default=None,
                           help="code a model trained by `miracle train` (its checkpoint.pt)")
+    compress.add_argument("--work-dir", default=None,
+                          help="checkpoint, metrics and summary of the run (default: OUTPUT.work)")
     compress.add_argument("--blocks-per-group", type=int, default=CodingConfig.blocks_per_group)
     compress.add_argument("--retrain-steps", type=int, default=CodingConfig.retrain_steps)
     compress.add_argument("--rule", default=CodingConfig.rule, help="selection rule: mrc or ordered")
