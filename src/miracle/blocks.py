@@ -26,10 +26,9 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InvalidInput
-from .randomness import random_permutation, random_signs
+from .randomness import STREAM_HASHING, STREAM_PARTITION, random_permutation, random_signs
 
 MIN_BITS_PER_BLOCK, MAX_BITS_PER_BLOCK = 1, 24
-_HASH_STREAM, _PARTITION_STREAM = 1, 2
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ class BlockLayout:
             )
         self.num_blocks = num_blocks
         self.block_dim = math.ceil(self.num_free / num_blocks)
-        order = random_permutation(self.num_free, self.partition_seed, _PARTITION_STREAM, 0)
+        order = random_permutation(self.num_free, self.partition_seed, STREAM_PARTITION, 0)
         rank = torch.empty_like(order)
         rank[order] = torch.arange(self.num_free)
         # free variable v sits at flat slot (block, position) = (rank % B, rank // B)
@@ -118,8 +117,8 @@ class BlockLayout:
         if entry.group_size == 1:
             return torch.arange(entry.numel), torch.ones(entry.numel)
         # Position p holds the (order[p] // g)-th free variable: each is used g times.
-        order = random_permutation(entry.numel, self.hash_seed, _HASH_STREAM, 2 * tensor_id)
-        return order, random_signs(entry.numel, self.hash_seed, _HASH_STREAM, 2 * tensor_id + 1)
+        order = random_permutation(entry.numel, self.hash_seed, STREAM_HASHING, 2 * tensor_id)
+        return order, random_signs(entry.numel, self.hash_seed, STREAM_HASHING, 2 * tensor_id + 1)
 
     @property
     def names(self) -> list[str]:

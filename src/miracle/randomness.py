@@ -1,21 +1,29 @@
-"""Seeded, portable random choices that a decoder must repeat: permutations and signs.
+"""Seeded random choices that a decoder must repeat exactly: permutations and signs.
 
-TEMPORARY: torch.Generator based until the coder's counter-based generator lands.
+They come from the coder's counter-based generator (Philox4x32-10, see
+docs/shared_randomness.md), not from torch's or numpy's sampling routines, whose streams may
+change between versions: a file written today must decode with tomorrow's torch.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .coder.philox import philox_words
 
-def _generator(seed: int, stream: int, index: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + stream) * 1_000_003 + index)
+# Streams of the layout's randomness; the coder's own streams are 0..5 (candidates.py), and
+# these stay clear of them even when the layout and coder seeds are equal.
+STREAM_HASHING = 0x100
+STREAM_PARTITION = 0x101
 
 
 def random_permutation(n: int, seed: int, stream: int, index: int) -> torch.Tensor:
-    return torch.randperm(n, generator=_generator(seed, stream, index))
+    """A permutation of range(n): stable argsort of words 0..n-1 of row ``index`` of ``stream``."""
+    words = philox_words(seed, stream, torch.tensor([index]), n)[0]
+    return torch.argsort(words, stable=True)
 
 
 def random_signs(n: int, seed: int, stream: int, index: int) -> torch.Tensor:
-    bits = torch.randint(0, 2, (n,), generator=_generator(seed, stream, index))
-    return bits.float() * 2 - 1
+    """n float32 signs: -1 where the lowest bit of word i of row ``index`` of ``stream`` is 1."""
+    words = philox_words(seed, stream, torch.tensor([index]), n)[0]
+    return 1.0 - 2.0 * (words & 1).to(torch.float32)
