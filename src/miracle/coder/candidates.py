@@ -1,8 +1,9 @@
 """Shared randomness of the coder: standard-normal candidates that every receiver reproduces.
 
 Everything here is a pure function of a seed and an address, computed from Philox4x32-10
-words with IEEE-exact float64 operations only (+, -, *, /, sqrt, exact scaling by powers of
-two, comparisons and selections), then rounded once to float32. torch.log, torch.sin and
+words with correctly rounded float64 operations only (+, -, *, /, sqrt; products with 0,
++-1 and powers of two, which are exact; integer operations on IEEE-754 bit fields), then
+rounded once to float32. torch.log, torch.sin and
 torch.cos are avoided on purpose: their vectorised and scalar paths may differ by an ulp and
 libm differs between platforms, so a row regenerated alone by a receiver could differ from
 the same row generated inside a large bank by the sender. The exact specification (counter
@@ -22,6 +23,7 @@ Terms used throughout:
 
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator
@@ -46,7 +48,8 @@ __all__ = [
     "normals_from_words",
     "normal_rows",
     "uniform53_from_words",
-    "arrival_log_times",
+    "arrival_log2_times",
+    "check_bits",
     "clear_caches",
 ]
 
@@ -68,7 +71,8 @@ STREAM_SENDER = 5  # sender's private uniforms, keyed by sender_seed, not the sh
 # exact; tests/test_candidates.py recomputes them with mpmath.
 
 # ln(m) = 2 atanh(f) = f * sum_k LN_COEFFS[k] f^(2k), f = (m-1)/(m+1); LN_COEFFS[k] = 2/(2k+1).
-# With m in [sqrt(1/2), sqrt(2)), |f| <= 0.1716 and the first omitted term is below 1e-20.
+# With m in [sqrt(1/2), sqrt(2)), |f| <= 0.1716 and the first omitted term, relative to the
+# sum, is below f^20/21 < 3e-17.
 LN_COEFFS = tuple(
     float.fromhex(h)
     for h in (
@@ -82,10 +86,12 @@ LN_COEFFS = tuple(
         "0x1.1111111111111p-3",
         "0x1.e1e1e1e1e1e1ep-4",
         "0x1.af286bca1af28p-4",
-        "0x1.8618618618618p-4",
     )
 )
 # sin((pi/2) r) = r * sum_k SIN_COEFFS[k] r^(2k), SIN_COEFFS[k] = (-1)^k (pi/2)^(2k+1)/(2k+1)!
+# With |r| <= 1/2 (|angle| <= pi/4) the first omitted term is below 5e-17. The cosine is
+# sqrt(1 - sin^2): on this range cos >= 0.707, so there is no cancellation, and one
+# correctly rounded sqrt replaces a second series.
 SIN_COEFFS = tuple(
     float.fromhex(h)
     for h in (
@@ -97,24 +103,6 @@ SIN_COEFFS = tuple(
         "-0x1.e3074fde8871fp-19",
         "0x1.e8f434d018d63p-25",
         "-0x1.6fadb9f155744p-31",
-        "0x1.aaec32af93359p-38",
-    )
-)
-# cos((pi/2) r) = sum_k COS_COEFFS[k] r^(2k), COS_COEFFS[k] = (-1)^k (pi/2)^(2k)/(2k)!
-# With |r| <= 1/2 (angle within pi/4 of a quadrant), both series are truncated below 1e-19.
-COS_COEFFS = tuple(
-    float.fromhex(h)
-    for h in (
-        "0x1.0000000000000p+0",
-        "-0x1.3bd3cc9be45dep+0",
-        "0x1.03c1f081b5ac4p-2",
-        "-0x1.55d3c7e3cbffap-6",
-        "0x1.e1f506891babbp-11",
-        "-0x1.a6d1f2a204a8cp-16",
-        "0x1.f9d38a3763cc3p-22",
-        "-0x1.b6e24f44b128fp-28",
-        "0x1.20c62c2f2d7f5p-34",
-        "-0x1.2a0c591af8314p-41",
     )
 )
 LN2 = float.fromhex("0x1.62e42fefa39efp-1")  # nearest float64 to ln 2
@@ -122,11 +110,13 @@ SQRT2 = float.fromhex("0x1.6a09e667f3bcdp+0")  # nearest float64 to sqrt 2
 
 _MANTISSA_MASK = (1 << 52) - 1
 _EXPONENT_OF_ONE = 1023 << 52  # float64 bit pattern of 1.0
+_SQRT2_FRACTION_BITS = 0x6A09E667F3BCD  # fraction field of SQRT2: m >= SQRT2 iff fraction >= this
 _TWO_POW_M30 = 2.0**-30
 
-# Philox calls per batch when generating normals: bounds temporary memory (about 40 float64
-# or int64 temporaries of this many pairs) and keeps it cache-sized.
-_PAIRS_PER_BATCH = 1 << 15
+# Word pairs per batch when generating normals: a dozen float64/int64 temporaries of 1 MiB
+# each at a time. Like philox._CALLS_PER_BATCH, chosen large to amortise per-operation
+# overhead (measured; smaller batches were slower, larger ones no faster).
+_PAIRS_PER_BATCH = 1 << 17
 
 
 def _horner(coeffs: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
@@ -143,38 +133,39 @@ def _horner(coeffs: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
 
 def _log_uniform(words: torch.Tensor) -> torch.Tensor:
     """ln(u) in float64 for u = (w + 1) * 2**-32 in (0, 1], w a 32-bit word (int64 tensor)."""
-    x = (words + 1).to(torch.float64)  # exact: w + 1 <= 2**32 < 2**53
-    bits = x.view(torch.int64)
-    # x = m * 2**e with m in [1, 2), read off the IEEE-754 fields (exact bit manipulation).
-    exponent = (bits >> 52) - 1023
-    mantissa = ((bits & _MANTISSA_MASK) | _EXPONENT_OF_ONE).view(torch.float64)
-    # Move m into [sqrt(1/2), sqrt(2)) so |f| below stays small; halving is exact.
-    high = mantissa >= SQRT2
-    mantissa = torch.where(high, mantissa * 0.5, mantissa)
-    exponent = exponent + high.to(torch.int64) - 32  # the -32 is the 2**-32 of u
-    f = (mantissa - 1.0) / (mantissa + 1.0)
-    log_mantissa = f * _horner(LN_COEFFS, f * f)
-    return exponent.to(torch.float64) * LN2 + log_mantissa
+    bits = (words + 1).to(torch.float64).view(torch.int64)  # exact: w + 1 <= 2**32 < 2**53
+    # w + 1 = m * 2**e with m in [1, 2), read off the IEEE-754 fields; then move m into
+    # [sqrt(1/2), sqrt(2)) by halving it (one less in the exponent field) when m >= sqrt(2),
+    # so |f| below stays small. All integer operations on the bit pattern: exact, and much
+    # faster than torch.where on float64.
+    fraction_bits = bits & _MANTISSA_MASK
+    high = (fraction_bits >= _SQRT2_FRACTION_BITS).to(torch.int64)
+    mantissa = (fraction_bits | _EXPONENT_OF_ONE).sub_(high << 52).view(torch.float64)
+    exponent = (bits >> 52).add_(high).sub_(1023 + 32)  # the 32 is the 2**-32 of u
+    f = (mantissa - 1.0).div_(mantissa + 1.0)
+    log_mantissa = _horner(LN_COEFFS, f * f).mul_(f)
+    return exponent.to(torch.float64).mul_(LN2).add_(log_mantissa)
 
 
 def _sin_cos_2pi(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sin, cos) of 2 pi v in float64 for v = w * 2**-32 in [0, 1), w a 32-bit word.
 
     Exact reduction: 2 pi v = (pi/2) (n + r) with n = round(4 v) computed on the integer
-    word and r = (w - n 2**30) * 2**-30 in [-1/2, 1/2), both exact.
+    word and r = (w - n 2**30) * 2**-30 in [-1/2, 1/2), both exact. Then
+    sin(a + n pi/2), cos(a + n pi/2) for n = 0..3 are (s, c), (c, -s), (-s, -c), (-c, s).
     """
     quadrant = (words + (1 << 29)) >> 30  # in 0..4; 4 is the same angle as 0
-    r = (words - (quadrant << 30)).to(torch.float64) * _TWO_POW_M30
-    r2 = r * r
-    sin_r = r * _horner(SIN_COEFFS, r2)
-    cos_r = _horner(COS_COEFFS, r2)
-    quadrant = quadrant & 3
-    odd = (quadrant & 1) == 1
-    # sin(a + n pi/2), cos(a + n pi/2) for n = 0..3: (s, c), (c, -s), (-s, -c), (-c, s).
-    sin_v = torch.where(odd, cos_r, sin_r)
-    cos_v = torch.where(odd, sin_r, cos_r)
-    sin_v = torch.where(quadrant >= 2, -sin_v, sin_v)
-    cos_v = torch.where((quadrant == 1) | (quadrant == 2), -cos_v, cos_v)
+    r = (words - (quadrant << 30)).to(torch.float64).mul_(_TWO_POW_M30)
+    sin_r = _horner(SIN_COEFFS, r * r).mul_(r)
+    cos_r = (sin_r * sin_r).neg_().add_(1.0).sqrt_()  # 1 - s^2: negation is exact
+    # The swap for odd n and the signs as products with 0.0/1.0 and -1.0/+1.0, which are
+    # exact (x*1 = x, x*0 = ±0 and ±0 + y = y), instead of torch.where (slow on float64).
+    odd = (quadrant & 1).to(torch.float64)
+    even = 1.0 - odd
+    sin_sign = (1 - (quadrant & 2)).to(torch.float64)  # -1 for n = 2, 3
+    cos_sign = (1 - ((quadrant + 1) & 2)).to(torch.float64)  # -1 for n = 1, 2
+    sin_v = (odd * cos_r).add_(even * sin_r).mul_(sin_sign)
+    cos_v = (odd * sin_r).add_(even * cos_r).mul_(cos_sign)
     return sin_v, cos_v
 
 
@@ -192,10 +183,11 @@ def normals_from_words(words: torch.Tensor) -> torch.Tensor:
     out = torch.empty(flat.shape, dtype=torch.float32)
     for start in range(0, flat.shape[0], _PAIRS_PER_BATCH):
         pairs = flat[start : start + _PAIRS_PER_BATCH]
-        radius = torch.sqrt(_log_uniform(pairs[:, 0]) * -2.0)
+        radius = _log_uniform(pairs[:, 0]).mul_(-2.0).sqrt_()
         sin_v, cos_v = _sin_cos_2pi(pairs[:, 1])
-        out[start : start + pairs.shape[0], 0] = (radius * cos_v).to(torch.float32)
-        out[start : start + pairs.shape[0], 1] = (radius * sin_v).to(torch.float32)
+        # Assigning float64 into the float32 output rounds to nearest, ties to even.
+        out[start : start + pairs.shape[0], 0] = cos_v.mul_(radius)
+        out[start : start + pairs.shape[0], 1] = sin_v.mul_(radius)
     return out.reshape(shape)
 
 
@@ -217,13 +209,15 @@ def normal_rows(seed: int, rows: torch.Tensor, dim: int, stream: int = STREAM_CA
     return normals_from_words(philox_words(seed, stream, rows, num_words))[:, :dim]
 
 
-def _check_bits(bits: object) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 24:
+def check_bits(bits: object) -> int:
+    """Return ``bits`` as an int if it is an integer in 1..24, else raise InvalidInput."""
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 1 <= int(bits) <= 24:
         raise InvalidInput(
-            f"bits must be an int in 1..24 (K = 2**bits candidates), got {bits!r}; "
-            "larger K does not fit the coder's time and memory budget."
+            f"bits must be an int in 1..24 (K = 2**bits candidates per block), got {bits!r}; "
+            "more than 24 bits per block does not fit the coder's time and memory budget: "
+            "use fewer bits per block, or more blocks."
         )
-    return bits
+    return int(bits)
 
 
 @dataclass(frozen=True)
@@ -246,7 +240,7 @@ def block_transforms(seed: int, block_ids: torch.Tensor, dim: int, bits: int) ->
     - signs: word ``i`` of row ``b`` of STREAM_SIGNS, -1 if its lowest bit is 1, else +1;
     - row offset: word 0 of row ``b`` of STREAM_ROW_OFFSET, modulo K (uniform, K = 2**bits).
     """
-    bits = _check_bits(bits)
+    bits = check_bits(bits)
     num_blocks = block_ids.numel()
     # One vectorised Philox call for the three streams (rows repeated, one stream each).
     streams = torch.tensor([STREAM_PERMUTATION, STREAM_SIGNS, STREAM_ROW_OFFSET]).repeat_interleave(num_blocks)
@@ -254,7 +248,7 @@ def block_transforms(seed: int, block_ids: torch.Tensor, dim: int, bits: int) ->
     keys, sign_words, offset_words = words[:num_blocks], words[num_blocks : 2 * num_blocks], words[2 * num_blocks :]
     permutation = torch.argsort(keys, dim=1, stable=True)
     signs = 1.0 - 2.0 * (sign_words & 1).to(torch.float32)
-    offsets = offset_words[:, 0] & ((1 << bits) - 1)
+    offsets = offset_words[:, 0] & ((1 << bits) - 1)  # uniform on [0, K): K is a power of two
     return BlockTransforms(permutation=permutation, signs=signs, row_offsets=offsets)
 
 
@@ -292,7 +286,7 @@ class CandidateBank:
     def __init__(self, seed: int, dim: int, bits: int, cache_bytes: int) -> None:
         self.seed = seed
         self.dim = dim
-        self.bits = _check_bits(bits)
+        self.bits = check_bits(bits)
         self.num_candidates = 1 << bits
         self.cache_bytes = cache_bytes
         self._features = _cached_bank_features(seed, dim, bits) if self.fits_cache else None
@@ -315,16 +309,22 @@ class CandidateBank:
                 yield start, _features_of_rows(self.seed, self.dim, start, stop)
 
 
-def _features_of_rows(seed: int, dim: int, start: int, stop: int) -> torch.Tensor:
+def _features_of_rows(seed: int, dim: int, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Features ``[Z**2, Z]`` of bank rows ``start .. stop-1``, written into ``out`` if given."""
     z = normal_rows(seed, torch.arange(start, stop, dtype=torch.int64), dim)
-    return torch.cat([z * z, z], dim=1)
+    if out is None:
+        out = torch.empty((stop - start, 2 * dim), dtype=torch.float32)
+    out[:, dim:] = z
+    torch.mul(z, z, out=out[:, :dim])
+    return out
 
 
 # One bank at a time: a bank for LeNet-5 (K = 2**20, D = 44) is 369 MB of features, and
 # coding uses one (seed, D, bits) throughout, so keeping more would only cost memory.
+# Not thread-safe: one coder call at a time per process.
 _BANK_CACHE: "OrderedDict[tuple[int, int, int], torch.Tensor]" = OrderedDict()
 _ARRIVAL_CACHE: "OrderedDict[tuple[int, int], torch.Tensor]" = OrderedDict()
-_BANK_GENERATION_ROWS = 1 << 14
+_BANK_GENERATION_ROWS = 1 << 16
 
 
 def _cached_bank_features(seed: int, dim: int, bits: int) -> torch.Tensor:
@@ -335,7 +335,7 @@ def _cached_bank_features(seed: int, dim: int, bits: int) -> torch.Tensor:
         features = torch.empty((num_candidates, 2 * dim), dtype=torch.float32)
         for start in range(0, num_candidates, _BANK_GENERATION_ROWS):
             stop = min(start + _BANK_GENERATION_ROWS, num_candidates)
-            features[start:stop] = _features_of_rows(seed, dim, start, stop)
+            _features_of_rows(seed, dim, start, stop, out=features[start:stop])
         _BANK_CACHE[key] = features
     return _BANK_CACHE[key]
 
@@ -351,8 +351,8 @@ def clear_caches() -> None:
 ARRIVAL_WORDS_PER_ROW = 1 << 12
 
 
-def arrival_log_times(seed: int, bits: int) -> torch.Tensor:
-    """ln t_k for k in [0, K), float32 ``[K]``: the ordered rule's arrival times.
+def arrival_log2_times(seed: int, bits: int) -> torch.Tensor:
+    """log2 t_k for k in [0, K), float32 ``[K]``: the ordered rule's arrival times, in bits.
 
     ``t_k = E_0 + ... + E_k`` with ``E_j = -ln((w_j + 1) 2**-32)`` ~ Exp(1), where ``w_j`` is
     arrival word ``j`` (see ARRIVAL_WORDS_PER_ROW). Only the sender uses them (the receiver
@@ -361,7 +361,7 @@ def arrival_log_times(seed: int, bits: int) -> torch.Tensor:
     permutation and signs), so for every block the arrivals are independent of its
     candidates, which is what the ordered rule needs. Cached (one sequence, 4 K bytes).
     """
-    bits = _check_bits(bits)
+    bits = check_bits(bits)
     key = (seed, bits)
     if key not in _ARRIVAL_CACHE:
         _ARRIVAL_CACHE.clear()
@@ -378,6 +378,6 @@ def arrival_log_times(seed: int, bits: int) -> torch.Tensor:
             gaps = -torch.log((words[: stop - start] + 1).to(torch.float64) * 2.0**-32)
             times = torch.cumsum(gaps, 0) + total
             total = float(times[-1])
-            log_times[start:stop] = torch.log(times).to(torch.float32)
+            log_times[start:stop] = torch.log2(times).to(torch.float32)
         _ARRIVAL_CACHE[key] = log_times
     return _ARRIVAL_CACHE[key]

@@ -27,8 +27,9 @@ Selection rules:
 
 Fast path. Blocks share one bank of candidates; block ``b`` sees it through a seeded
 permutation of coordinates, sign flips and a row offset. The flips and permutation fold into
-the score coefficients, so a group of blocks is scored by one matrix product of the bank's
-features ``[Z**2, Z]`` with a ``2D x G`` coefficient matrix, a chunk of rows at a time.
+the score coefficients, so a group of G blocks is scored by one matrix product of a
+``G x 2D`` coefficient matrix with the bank's features ``[Z**2, Z]``, a chunk of rows at a
+time. Decoding regenerates only the chosen rows.
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ from miracle.coder.candidates import (
     STREAM_SENDER,
     BlockTransforms,
     CandidateBank,
-    arrival_log_times,
+    arrival_log2_times,
     block_candidates,
     block_transforms,
+    check_bits,
     uniform53_from_words,
 )
-from miracle.coder.philox import philox_words, seed_to_key
+from miracle.coder.philox import check_seed, philox_words
 from miracle.errors import InvalidInput
 
 __all__ = ["DEFAULT_BANK_CACHE_BYTES", "RULES", "encode", "decode", "kl_bits"]
@@ -60,8 +62,9 @@ RULES = ("mrc", "ordered")
 DEFAULT_BANK_CACHE_BYTES = 1 << 30
 
 # Candidates scored per matrix product. A constant (not derived from the number of blocks) so
-# that the sender's choice for a block does not depend on which blocks are coded with it.
-# 2**14 rows x 88 features is 5.8 MB, small enough to stay in cache while it is scored.
+# that the sender's random draws for a block (addressed by chunk, docs/shared_randomness.md
+# section 6) do not depend on which blocks are coded with it. At D = 44, 2**14 rows of
+# features are 5.8 MB and a 64-block score chunk 4 MB: cache-sized.
 ROW_CHUNK = 1 << 14
 
 # Blocks scored per matrix product: more amortises reading the bank, fewer keeps the
@@ -70,22 +73,6 @@ COLUMNS_PER_PRODUCT = 64
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_bits(bits: object) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 1 <= int(bits) <= 24:
-        raise InvalidInput(
-            f"bits must be an int in 1..24 (K = 2**bits candidates per block), got {bits!r}; "
-            "use fewer bits per block, or split the block."
-        )
-    return int(bits)
-
-
-def _check_seed(seed: object, name: str) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise InvalidInput(f"{name} must be an int in [0, 2**64), got {seed!r}.")
-    seed_to_key(int(seed))  # range check, with its own message
-    return int(seed)
 
 
 def _as_float32_2d(value: object, name: str) -> tuple[torch.Tensor, bool]:
@@ -121,7 +108,10 @@ def _check_block_ids(block_ids: object, num_blocks: int) -> torch.Tensor:
         return torch.arange(num_blocks, dtype=torch.int64)
     if isinstance(block_ids, numbers.Integral) and not isinstance(block_ids, bool):
         block_ids = [int(block_ids)]
-    ids = torch.as_tensor(block_ids)
+    try:
+        ids = torch.as_tensor(block_ids)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise InvalidInput(f"block_ids must be integers in [0, 2**63), got {block_ids!r} ({error}).") from None
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise InvalidInput(f"block_ids must be integers, got dtype {ids.dtype}.")
     ids = ids.to(torch.int64).reshape(-1)
@@ -201,8 +191,8 @@ def decode(
 
     Only the G chosen candidate rows are generated, so decoding is cheap for any K.
     """
-    bits = _check_bits(bits)
-    seed = _check_seed(seed, "seed")
+    bits = check_bits(bits)
+    seed = check_seed(seed, "seed")
     s_2d, single = _as_float32_2d(s, "s")
     _check_positive(s_2d, "s")
     ids = _check_block_ids(block_ids, s_2d.shape[0])
@@ -243,9 +233,9 @@ def encode(
         ``samples``: float32 ``[G, D]`` (``[D]``), equal bit for bit to
         ``decode(s, indices, bits, seed, block_ids=block_ids)``.
     """
-    bits = _check_bits(bits)
-    seed = _check_seed(seed, "seed")
-    sender_seed = _check_seed(sender_seed, "sender_seed")
+    bits = check_bits(bits)
+    seed = check_seed(seed, "seed")
+    sender_seed = check_seed(sender_seed, "sender_seed")
     if rule not in RULES:
         raise InvalidInput(f"rule must be one of {RULES}, got {rule!r}.")
     if isinstance(bank_cache_bytes, bool) or not isinstance(bank_cache_bytes, numbers.Integral) or bank_cache_bytes < 0:
@@ -257,17 +247,17 @@ def encode(
     bank = CandidateBank(seed, dim, bits, int(bank_cache_bytes))
     transforms = block_transforms(seed, ids, dim, bits)
     coefficients = _bank_coefficients(mu_2d, sigma_2d, s_2d, transforms.permutation, transforms.signs)
-    log_arrivals = arrival_log_times(seed, bits) if rule == "ordered" else None
+    log2_arrivals = arrival_log2_times(seed, bits) if rule == "ordered" else None
 
     bank_rows = torch.empty(num_blocks, dtype=torch.int64)
     for first in range(0, num_blocks, COLUMNS_PER_PRODUCT):
         columns = slice(first, first + COLUMNS_PER_PRODUCT)
         if rule == "mrc":
-            bank_rows[columns] = _select_mrc(bank, coefficients[:, columns], ids[columns], sender_seed)
+            bank_rows[columns] = _select_mrc(bank, coefficients[columns], ids[columns], sender_seed)
         else:
-            assert log_arrivals is not None
+            assert log2_arrivals is not None
             bank_rows[columns] = _select_ordered(
-                bank, coefficients[:, columns], transforms.row_offsets[columns], log_arrivals
+                bank, coefficients[columns], transforms.row_offsets[columns], log2_arrivals
             )
     # Candidate k of a block is bank row (k + offset) mod K.
     indices = (bank_rows - transforms.row_offsets) & ((1 << bits) - 1)
@@ -294,26 +284,41 @@ def _samples(
 def _bank_coefficients(
     mu: torch.Tensor, sigma: torch.Tensor, s: torch.Tensor, permutation: torch.Tensor, signs: torch.Tensor
 ) -> torch.Tensor:
-    """Score coefficients on the bank's features ``[Z**2, Z]``: float32 ``[2D, G]``.
+    """Score coefficients on the bank's features ``[Z**2, Z]``, in bits: float32 ``[G, 2D]``.
 
     Block g's candidate uses ``z_i = signs_i Z[row, perm_i]``, so ``a_i z_i**2 + b_i z_i =
     a_i Z[row, perm_i]**2 + signs_i b_i Z[row, perm_i]``: the coefficient of bank column
-    ``perm_i`` is ``a_i`` on ``Z**2`` and ``signs_i b_i`` on ``Z``. Computed in float64, then
-    rounded once.
+    ``perm_i`` is ``a_i`` on ``Z**2`` and ``signs_i b_i`` on ``Z``. Divided by ln 2, so scores
+    are log2 q/p (up to a constant) and the softmax can use exp2, about three times faster
+    than exp in torch on this CPU. Computed in float64, then rounded once.
     """
     mu64, sigma64, s64 = mu.double(), sigma.double(), s.double()
     variance = sigma64 * sigma64
-    a = 0.5 - (s64 * s64) / (2.0 * variance)
-    b = s64 * mu64 / variance
+    a = (0.5 - (s64 * s64) / (2.0 * variance)) / math.log(2)
+    b = (s64 * mu64 / variance) / math.log(2)
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()) or max(a.abs().max(), b.abs().max()) > _MAX_COEFFICIENT:
+        raise InvalidInput(
+            f"s/sigma or s*mu/sigma**2 is too large (a score coefficient exceeds {_MAX_COEFFICIENT:g}); "
+            "such a posterior costs far more than 24 bits per dimension: widen sigma or shrink s."
+        )
     on_squares = torch.zeros_like(a).scatter_(1, permutation, a)
     on_values = torch.zeros_like(b).scatter_(1, permutation, signs.double() * b)
-    return torch.cat([on_squares, on_values], dim=1).T.to(torch.float32).contiguous()
+    return torch.cat([on_squares, on_values], dim=1).to(torch.float32)
+
+
+# Squared bank normals are below 45 (|z| <= 6.7), so with coefficients below this bound a
+# float32 score cannot overflow, even summed over a million dimensions.
+_MAX_COEFFICIENT = 1e30
+
+# Within a chunk, the MRC draw first picks a run of this many candidates by its total weight,
+# then a candidate within the run: two short searches instead of a cumulative sum over all.
+_RUN_LENGTH = 64
 
 
 def _sender_uniforms(sender_seed: int, block_ids: torch.Tensor, num_chunks: int) -> torch.Tensor:
     """Two private float64 uniforms per (block, chunk): ``[G, num_chunks, 2]``.
 
-    Word 4c..4c+3 of row ``block id`` of STREAM_SENDER under ``sender_seed``; the first pair
+    Words 4c..4c+3 of row ``block id`` of STREAM_SENDER under ``sender_seed``; the first pair
     picks a candidate within chunk c, the second decides whether it replaces the current one.
     """
     words = philox_words(sender_seed, STREAM_SENDER, block_ids, 4 * num_chunks).view(-1, num_chunks, 4)
@@ -323,60 +328,88 @@ def _sender_uniforms(sender_seed: int, block_ids: torch.Tensor, num_chunks: int)
     )
 
 
+def _draw_within_chunk(runs: torch.Tensor, run_totals: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw of one position per block; int64 ``[G]`` in ``[0, n * L)``.
+
+    ``runs`` ``[G, n, L]`` are the weights (>= 0) of a chunk cut into runs of L,
+    ``run_totals`` ``[G, n]`` their float64 sums (positive total), ``uniforms`` ``[G]`` in
+    [0, 1). A run is chosen by its cumulative weight, then a position within it by the
+    leftover fraction of the same uniform. Cumulative sums run in float64, so rounding is far
+    below any probability that matters; a rounding overshoot is clamped to the last position.
+    """
+    num_blocks, num_runs, run_length = runs.shape
+    cumulative = torch.cumsum(run_totals, dim=1)
+    target = uniforms * cumulative[:, -1]
+    run = torch.searchsorted(cumulative, target.unsqueeze(1), right=True).squeeze(1).clamp_(max=num_runs - 1)
+    before = torch.where(run > 0, cumulative.gather(1, (run - 1).clamp(min=0).unsqueeze(1)).squeeze(1), 0.0)
+    fraction = ((target - before) / run_totals.gather(1, run.unsqueeze(1)).squeeze(1)).clamp_(0.0, 1.0)
+    within = torch.cumsum(runs[torch.arange(num_blocks), run].double(), dim=1)
+    position = torch.searchsorted(within, (fraction * within[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    return run * run_length + position.clamp_(max=run_length - 1)
+
+
 def _select_mrc(
     bank: CandidateBank, coefficients: torch.Tensor, block_ids: torch.Tensor, sender_seed: int
 ) -> torch.Tensor:
-    """Bank rows drawn with probability softmax(scores), per column; int64 ``[G]``.
+    """Bank rows drawn with probability softmax(scores), per block; int64 ``[G]``.
 
     Weighted reservoir sampling over chunks: draw a row within the chunk from the chunk's
     softmax, then keep it instead of the current choice with probability
     (chunk mass) / (mass seen so far). By induction the choice after the last chunk has
-    probability exp(score) / sum(exp(scores)), exactly as a draw over all K at once, but
-    only one chunk of scores is ever held.
+    probability 2**score / sum(2**scores), exactly as a draw over all K at once, but only
+    one chunk of scores is ever held.
     """
     num_chunks = -(-bank.num_candidates // ROW_CHUNK)
     uniforms = _sender_uniforms(sender_seed, block_ids, num_chunks)
-    num_columns = coefficients.shape[1]
-    chosen = torch.zeros(num_columns, dtype=torch.int64)
-    log_mass_seen = torch.full((num_columns,), -math.inf, dtype=torch.float64)
+    num_blocks = coefficients.shape[0]
+    chosen = torch.zeros(num_blocks, dtype=torch.int64)
+    log2_mass_seen = torch.full((num_blocks,), -math.inf, dtype=torch.float64)
     for chunk_index, (first_row, features) in enumerate(bank.chunks(ROW_CHUNK)):
-        scores = features @ coefficients  # [R, G]
-        chunk_max = scores.amax(dim=0)
-        weights = scores.sub_(chunk_max).exp_()  # in place: in (0, 1], max 1 per column
-        cumulative = torch.cumsum(weights, dim=0)
-        total = cumulative[-1]
-        u_within = uniforms[:, chunk_index, 0]
-        u_replace = uniforms[:, chunk_index, 1]
-        target = (u_within * total.double()).to(torch.float32)
-        # First row whose cumulative weight exceeds the target; rows of zero weight never are.
-        local = (cumulative <= target).sum(dim=0).clamp_(max=features.shape[0] - 1)
-        log_mass = chunk_max.double() + torch.log(total.double())
-        log_mass_after = torch.logaddexp(log_mass_seen, log_mass)
-        replace = u_replace < torch.exp(log_mass - log_mass_after)
+        scores = coefficients @ features.T  # [G, R] in bits, one row per block
+        chunk_max = scores.amax(dim=1, keepdim=True)
+        weights = scores.sub_(chunk_max).exp2_()  # in place; in (0, 1], max 1 per block
+        run_length = min(_RUN_LENGTH, weights.shape[1])
+        runs = weights.view(num_blocks, -1, run_length)
+        # float32 sums of runs of 64 weights <= 1 lose nothing that matters; then float64.
+        run_totals = runs.sum(dim=2).double()
+        local = _draw_within_chunk(runs, run_totals, uniforms[:, chunk_index, 0])
+        log2_mass = chunk_max.squeeze(1).double() + torch.log2(run_totals.sum(dim=1))
+        log2_mass_after = torch.logaddexp2(log2_mass_seen, log2_mass)
+        replace = uniforms[:, chunk_index, 1] < torch.exp2(log2_mass - log2_mass_after)
         chosen = torch.where(replace, first_row + local, chosen)
-        log_mass_seen = log_mass_after
+        log2_mass_seen = log2_mass_after
     return chosen
 
 
 def _select_ordered(
-    bank: CandidateBank, coefficients: torch.Tensor, row_offsets: torch.Tensor, log_arrivals: torch.Tensor
+    bank: CandidateBank, coefficients: torch.Tensor, row_offsets: torch.Tensor, log2_arrivals: torch.Tensor
 ) -> torch.Tensor:
-    """Bank rows maximising score - ln t_k, with k = (row - offset) mod K; int64 ``[G]``."""
+    """Bank rows maximising score - log2 t_k, with k = (row - offset) mod K; int64 ``[G]``.
+
+    (The argmax of ln q/p - ln t is that of log2 q/p - log2 t: the same rule in bits.)
+    """
     num_candidates = bank.num_candidates
     chunk_rows = min(ROW_CHUNK, num_candidates)
-    # Windows of the arrival sequence, wrapping around: window j is ln t_{j .. j+R-1 mod K}.
-    wrapped = torch.cat([log_arrivals, log_arrivals[: chunk_rows - 1]])
-    windows = wrapped.unfold(0, chunk_rows, 1)  # a view [K, R], no copy
-    num_columns = coefficients.shape[1]
-    best = torch.full((num_columns,), -math.inf, dtype=torch.float32)
-    chosen = torch.zeros(num_columns, dtype=torch.int64)
+    # Row j of this view is log2 t_{j .. j+R-1}: each block's arrivals for a chunk are one
+    # such window, except for the one chunk where its candidate indices wrap around K.
+    windows = log2_arrivals.unfold(0, chunk_rows, 1)  # [K - R + 1, R], a view, no copy
+    num_blocks = coefficients.shape[0]
+    best = torch.full((num_blocks,), -math.inf, dtype=torch.float32)
+    chosen = torch.zeros(num_blocks, dtype=torch.int64)
     for first_row, features in bank.chunks(chunk_rows):
         rows_here = features.shape[0]
-        scores = features @ coefficients  # [R, G]
+        scores = coefficients @ features.T  # [G, R]
         starts = (first_row - row_offsets) % num_candidates  # candidate index of the chunk's first row
-        scores.sub_(windows[starts, :rows_here].T)
-        chunk_best, local = scores.max(dim=0)
-        better = chunk_best > best  # ties keep the earlier row
-        best = torch.where(better, chunk_best, best)
-        chosen = torch.where(better, first_row + local, chosen)
+        wraps = starts > num_candidates - rows_here
+        arrivals = windows[torch.where(wraps, 0, starts), :rows_here]
+        for g in torch.nonzero(wraps).squeeze(1).tolist():
+            arrivals[g] = log2_arrivals[(int(starts[g]) + torch.arange(rows_here)) % num_candidates]
+        scores.sub_(arrivals)
+        # max-with-index is several times slower than amax in torch, so locate the maximum
+        # only in the rows that improve (ties keep the earlier row; argmax returns the first).
+        chunk_best = scores.amax(dim=1)
+        better = torch.nonzero(chunk_best > best).squeeze(1)
+        if better.numel():
+            best[better] = chunk_best[better]
+            chosen[better] = first_row + scores[better].argmax(dim=1)
     return chosen

