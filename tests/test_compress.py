@@ -55,7 +55,7 @@ def test_round_trip_through_the_file_is_bit_identical(tmp_path, small_train, mni
             assert torch.equal(a, b), name
     assert miracle.accuracy(restored, mnist_test) == miracle.accuracy(encoded, mnist_test) > 0.5
     assert result.size_bytes == os.path.getsize(tmp_path / "tiny.mrc")
-    assert result.index_bits == 200 and result.num_blocks == 20
+    assert result.index_bits == 2000 and result.num_blocks == 200
 
 
 def test_the_file_refuses_another_architecture(tmp_path, small_train):

@@ -19,7 +19,7 @@ def _vmodel(param, budget_bits=12000, seed=0):
 
 @pytest.mark.parametrize("param", ["mean-kl", "mean-var"])
 def test_short_run_on_real_mnist_lowers_the_loss(param, mnist_train, tmp_path):
-    trainer = Trainer(_vmodel(param), mnist_train, TrainConfig(steps=200, batch_size=32, block_kl_every=20), tmp_path)
+    trainer = Trainer(_vmodel(param), mnist_train, TrainConfig(steps=200, batch_size=32, block_kl_every=20, lr_schedule="constant"), tmp_path)
     trainer.run(progress=False)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 200
@@ -37,7 +37,9 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(mnist_train, tmp_pat
     config = dict(batch_size=20, checkpoint_every=10, seed=3)
     whole = Trainer(_vmodel("mean-var"), small, TrainConfig(steps=30, **config), tmp_path / "a")
     whole.run(progress=False)
-    Trainer(_vmodel("mean-var"), small, TrainConfig(steps=20, **config), tmp_path / "b").run(progress=False)
+    interrupted = Trainer(_vmodel("mean-var"), small, TrainConfig(steps=30, **config), tmp_path / "b")
+    (tmp_path / "b").mkdir()
+    interrupted.train_until(25, progress=False)  # dies at step 25: the checkpoint of step 20 survives
     resumed = Trainer(_vmodel("mean-var"), small, TrainConfig(steps=30, **config), tmp_path / "b")
     resumed.run(progress=False)
     assert resumed.step == 30

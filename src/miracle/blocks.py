@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as nn_functional
 
 from .errors import InvalidInput
 from .randomness import STREAM_HASHING, STREAM_PARTITION, random_permutation, random_signs
@@ -112,6 +113,7 @@ class BlockLayout:
         tensor_of_slot = torch.zeros(num_blocks * self.block_dim, dtype=torch.long)
         tensor_of_slot[self.slot_of_free] = tensor_of_free
         self.tensor_of_slot = tensor_of_slot.view(num_blocks, self.block_dim)
+        self._slot_one_hot: torch.Tensor | None = None
 
     def _hashing(self, entry: TensorEntry, tensor_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         if entry.group_size == 1:
@@ -126,7 +128,12 @@ class BlockLayout:
 
     def per_slot(self, per_tensor: torch.Tensor, padding_value: float = 1.0) -> torch.Tensor:
         """Broadcast one value per tensor (e.g. prior scales) to the [B, D] slots."""
-        values = per_tensor[self.tensor_of_slot]
+        # A one-hot product, not per_tensor[tensor_of_slot]: the backward of a gather with
+        # repeated indices sums in a thread-dependent order, and a resumed run must repeat
+        # the uninterrupted one bit for bit. Each slot's value is exact (x * 1 + 0s).
+        if self._slot_one_hot is None:
+            self._slot_one_hot = nn_functional.one_hot(self.tensor_of_slot, len(self.tensors)).float()
+        values = self._slot_one_hot.to(per_tensor.dtype) @ per_tensor
         return torch.where(self.is_real, values, torch.full_like(values, padding_value))
 
     def blocks_to_tensors(self, blocks: torch.Tensor) -> dict[str, torch.Tensor]:

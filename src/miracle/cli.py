@@ -85,7 +85,7 @@ def cmd_train(args) -> dict:
     vconfig, tconfig = _configs(args)
     train_split = data_module.load(args.dataset, "train", args.data_dir)
     test_split = data_module.load(args.dataset, "test", args.data_dir)
-    trainer = Trainer(VariationalModel(create_model(args.model), vconfig), train_split, tconfig, args.out,
+    trainer = Trainer(VariationalModel(create_model(args.model, tconfig.seed), vconfig), train_split, tconfig, args.out,
                       {"model": args.model, "dataset": args.dataset})
     trainer.run(progress=not args.quiet)
     summary = {
@@ -136,7 +136,7 @@ def cmd_compress(args) -> dict:
                           sender_seed=tconfig.seed)
     train_split = data_module.load(dataset, "train", args.data_dir)
     test_split = data_module.load(dataset, "test", args.data_dir)
-    model = create_model(model_name)
+    model = create_model(model_name, tconfig.seed)
     work = Path(args.work_dir) if args.work_dir else work_dir_for(args.output)
     trainer = Trainer(VariationalModel(model, vconfig), train_split, tconfig, work,
                       {"model": model_name, "dataset": dataset, "coding": coding.to_dict()})

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
 from torch import nn
 
 from .errors import InvalidInput
@@ -43,8 +44,12 @@ def get_model_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
-def create_model(name: str) -> nn.Module:
-    return get_model_spec(name).factory()
+def create_model(name: str, seed: int = 0) -> nn.Module:
+    """A fresh model; its initial weights come from ``seed`` (torch's global RNG is untouched)."""
+    factory = get_model_spec(name).factory
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory()
 
 
 def model_names() -> list[str]:
