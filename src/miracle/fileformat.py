@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .blocks import MAX_BITS_PER_BLOCK, MIN_BITS_PER_BLOCK
+from .coder.candidates import check_bits
 from .errors import InvalidInput, MiracleError
 
 __all__ = [
@@ -67,7 +69,6 @@ FORMAT_VERSION = 1
 MAGIC = b"MRC\x89"
 FINGERPRINT_BYTES = 8
 CHECKSUM_BYTES = 4
-MIN_BITS_PER_BLOCK, MAX_BITS_PER_BLOCK = 1, 24
 _MAX_VARINT_BYTES = 10
 _LENGTH_BYTES = 4  # total_length is a u32
 _HEAD_BYTES = len(MAGIC) + 1 + _LENGTH_BYTES + 1  # magic, version, total length, header check
@@ -194,17 +195,6 @@ def model_fingerprint(
 # ----------------------------------------------------------------------------- bit packing
 
 
-def _check_bits(bits: int) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not (
-        MIN_BITS_PER_BLOCK <= bits <= MAX_BITS_PER_BLOCK
-    ):
-        raise InvalidInput(
-            f"bits per block must be an integer from {MIN_BITS_PER_BLOCK} to "
-            f"{MAX_BITS_PER_BLOCK}, got {bits!r}"
-        )
-    return int(bits)
-
-
 def packed_size(count: int, bits: int) -> int:
     """Bytes taken by ``count`` indices of ``bits`` bits: ``ceil(count * bits / 8)``."""
     return (count * bits + 7) // 8
@@ -215,7 +205,7 @@ def pack_indices(indices: torch.Tensor | np.ndarray | Iterable[int], bits: int) 
 
     The result has ``ceil(len(indices) * bits / 8)`` bytes.
     """
-    bits = _check_bits(bits)
+    bits = check_bits(bits)
     if isinstance(indices, torch.Tensor):
         if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
             raise InvalidInput(f"indices must be an integer tensor, got {indices.dtype}")
@@ -242,7 +232,7 @@ def unpack_indices(data: bytes, bits: int, count: int) -> torch.Tensor:
 
     ``data`` must have exactly ``ceil(count * bits / 8)`` bytes with zero padding bits.
     """
-    bits = _check_bits(bits)
+    bits = check_bits(bits)
     if count < 0:
         raise InvalidInput(f"count must be >= 0, got {count}")
     expected = packed_size(count, bits)
@@ -309,7 +299,7 @@ def _check_contents(c: MrcContents) -> None:
         )
     for name in ("generator_version", "coder_seed", "hash_seed", "partition_seed"):
         _check_uint(getattr(c, name), name)
-    _check_bits(c.bits_per_block)
+    check_bits(c.bits_per_block)
     _check_uint(c.num_blocks, "num_blocks", 1)
     _check_uint(c.block_dim, "block_dim", 1)
     if len(c.group_sizes) < 1:
