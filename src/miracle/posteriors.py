@@ -28,6 +28,7 @@ mu = 0, sigma = s (Q = P): they cost nothing and the coder ignores them.
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -76,7 +77,7 @@ class CodingDistribution(nn.Module):
         return self.layout.per_slot(self.scales())
 
 
-class Posterior(nn.Module):
+class Posterior(nn.Module, abc.ABC):
     """Q over the blocks of a :class:`BlockLayout`; subclasses define (mu, sigma)."""
 
     name: str
@@ -92,12 +93,13 @@ class Posterior(nn.Module):
         mu, sigma = self._mean_std(s)
         return torch.where(self.is_real, mu, torch.zeros_like(mu)), torch.where(self.is_real, sigma, s)
 
-    def _mean_std(self, s):
-        raise NotImplementedError  # each parameterisation defines it
+    @abc.abstractmethod
+    def _mean_std(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, sigma) of every slot, padding included (it is masked by mean_std)."""
 
+    @abc.abstractmethod
     def kl_loss_term(self, kl_nats_per_block: torch.Tensor) -> torch.Tensor:
         """What the KL adds to the training loss (before division by the dataset size)."""
-        raise NotImplementedError  # each parameterisation defines it
 
     def after_step(self, kl_bits_per_block: torch.Tensor) -> None:
         """Adapt after an optimiser step (Mean-Var anneals beta); default: nothing."""
