@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-import torch
-
 from . import data as data_module
-from .compress import decompress, run_compression, work_dir_for
+from .compress import check_writable, decompress, run_compression, work_dir_for
 from .errors import MiracleError
 from .fileformat import FORMAT_VERSION, byte_breakdown, read_mrc
 from .models import create_model, get_model_spec, model_names
 from .posteriors import POSTERIORS
 from .progressive import CodingConfig
 from .provenance import provenance
-from .training import TrainConfig, Trainer, accuracy, evaluate_posterior, load_checkpoint
+from .training import TrainConfig, Trainer, accuracy, evaluate_posterior, load_checkpoint, save_atomic
 from .units import parse_budget_bits
 from .variational import VariationalConfig, VariationalModel
 
@@ -182,13 +179,10 @@ def print_compress_summary(s: dict) -> None:
 
 
 def cmd_decompress(args) -> dict:
+    check_writable(args.output)
     model = decompress(args.file)
     out = Path(args.output)
-    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise MiracleError(f"cannot write {out}: choose a path in an existing, writable folder")
-    tmp = out.with_name(f".{out.name}.partial")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, out)
+    save_atomic(model.state_dict(), out)
     return {"output": str(out), "model": read_mrc(args.file).model_name,
             "parameters": sum(p.numel() for p in model.parameters())}
 

@@ -105,7 +105,7 @@ def run_compression(trainer: Trainer, coding: CodingConfig, out, model_name: str
 
 
 def check_writable(out: str | os.PathLike) -> None:
-    """Fail before hours of training, not after, when the output cannot be written."""
+    """Fail before any work, not after hours of it, when the output cannot be written."""
     folder = Path(out).parent
     if Path(out).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
         raise MiracleError(f"cannot write the output file {out}: choose a path in an existing, writable folder")

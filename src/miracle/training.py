@@ -100,7 +100,8 @@ def evaluate_posterior(vmodel: VariationalModel, split: Split, seed: int = 0) ->
     }
 
 
-def _save_atomic(obj, path: Path) -> None:
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a truncated file."""
     tmp = path.with_name(path.name + ".partial")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -137,7 +138,7 @@ class Trainer:
         if self.out_dir is None:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        _save_atomic(
+        save_atomic(
             {"identity": self._identity(), "step": self.step, "seconds": self.seconds,
              "vmodel": self.vmodel.state_dict(), "optimizer": self.optimizer.state_dict()},
             self.out_dir / CHECKPOINT_NAME,
@@ -162,8 +163,8 @@ class Trainer:
         else:
             return False
         self.vmodel.load_state_dict(state["vmodel"])
-        if not self.vmodel.prior.log_scale.requires_grad or state["vmodel"]["coded"].any():
-            self.vmodel.freeze_prior()
+        if state["vmodel"]["coded"].any():
+            self.vmodel.freeze_prior()  # coding had started: the scales are in the file
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.seconds = state["step"], state["seconds"]
         if self.out_dir is not None:
@@ -272,12 +273,4 @@ def _truncate_metrics(path: Path, steps_kept: int) -> None:
     path.write_text("".join(kept))
 
 
-def train(vmodel: VariationalModel, train_split: Split, config: TrainConfig | None = None,
-          out_dir=None, progress: bool = True) -> Trainer:
-    """Convenience: train ``vmodel`` and return the finished :class:`Trainer`."""
-    trainer = Trainer(vmodel, train_split, config or TrainConfig(), out_dir)
-    trainer.run(progress)
-    return trainer
-
-
-__all__ = ["TrainConfig", "Trainer", "train", "accuracy", "evaluate_posterior", "TrainingDiverged"]
+__all__ = ["TrainConfig", "Trainer", "accuracy", "evaluate_posterior", "load_checkpoint", "TrainingDiverged"]

@@ -143,16 +143,18 @@ class VariationalModel(nn.Module):
             values = mu + sigma * torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
         return torch.where(self.coded[:, None], self.coded_values, values)
 
+    def weights(self, generator: torch.Generator | None = None, use_mean: bool = False) -> dict[str, torch.Tensor]:
+        """The coded parameters of the model, by name: a posterior sample, or the mean."""
+        return self.layout.blocks_to_tensors(self.sample_blocks(generator, use_mean))
+
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, use_mean: bool = False):
-        weights = self.layout.blocks_to_tensors(self.sample_blocks(generator, use_mean))
-        return functional_call(self.model, weights, (x,))
+        return functional_call(self.model, self.weights(generator, use_mean), (x,))
 
     @torch.no_grad()
     def export(self, generator: torch.Generator | None = None, use_mean: bool = True) -> nn.Module:
         """Write the posterior mean (or a sample) into the wrapped model and return it."""
-        weights = self.layout.blocks_to_tensors(self.sample_blocks(generator, use_mean))
         params = dict(self.model.named_parameters())
-        for name, value in weights.items():
+        for name, value in self.weights(generator, use_mean).items():
             params[name].copy_(value)
         return self.model
 
