@@ -30,7 +30,9 @@ from .errors import MiracleError
 from .posteriors import LN2
 from .variational import VariationalModel
 
-DEFAULT_LR = {"mean-kl": 1e-2, "mean-var": 1e-3}  # method.md section 8: Mean-KL needs more
+# Mean-KL needs a larger rate than MIRACLE's 1e-3 (method.md section 8); 3e-2 beat 1e-2 clearly in
+# short schedules (results/experiments/). Mean-Var keeps MIRACLE's published 1e-3.
+DEFAULT_LR = {"mean-kl": 3e-2, "mean-var": 1e-3}
 CHECKPOINT_NAME = "checkpoint.pt"
 OVER_BUDGET_TOLERANCE_BITS = 1e-3  # rounding: Mean-KL blocks sit at their budget
 METRICS_NAME = "metrics.jsonl"
@@ -177,9 +179,10 @@ class Trainer:
         vm, cfg = self.vmodel, self.config
         index = _batch_indices(self.step, len(self.data), cfg.batch_size, cfg.seed)
         images, labels = self.data.images[index], self.data.labels[index]
-        logits = vm(images, generator=_derived_generator(cfg.seed, 2, self.step))
+        mean_std = vm.block_mean_std()  # once per step: Mean-KL's Lambert W is not cheap
+        logits = vm(images, generator=_derived_generator(cfg.seed, 2, self.step), mean_std=mean_std)
         nll = nn.functional.cross_entropy(logits, labels)
-        kl_nats = vm.kl_nats_per_block()
+        kl_nats = vm.kl_nats_per_block(mean_std)
         # Coded blocks are weights now: their KL is paid and no longer part of the objective.
         kl_term = vm.posterior.kl_loss_term(torch.where(vm.coded, 0.0, kl_nats))
         loss = nll + kl_term.float() / len(self.data)
@@ -239,11 +242,15 @@ class Trainer:
             if metrics:
                 metrics.close()
 
-    def run(self, progress: bool = True, start_from=None) -> None:
-        """Train up to ``config.steps`` steps, resuming from the checkpoint if there is one."""
+    def start(self, start_from=None) -> None:
+        """Resume from the checkpoint if there is one, else start a fresh metrics file."""
         if not self.resume(start_from) and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / METRICS_NAME).write_text("")
+
+    def run(self, progress: bool = True, start_from=None) -> None:
+        """Train up to ``config.steps`` steps, resuming from the checkpoint if there is one."""
+        self.start(start_from)
         self.train_until(self.config.steps, progress)
         self.save_checkpoint()
 

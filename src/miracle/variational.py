@@ -131,24 +131,28 @@ class VariationalModel(nn.Module):
         mu, sigma = self.posterior.mean_std(s)
         return mu, sigma, s
 
-    def kl_nats_per_block(self) -> torch.Tensor:
-        mu, sigma, s = self.block_mean_std()
+    def kl_nats_per_block(self, mean_std=None) -> torch.Tensor:
+        """KL of every block in nats; ``mean_std`` is a :meth:`block_mean_std` already computed."""
+        mu, sigma, s = mean_std if mean_std is not None else self.block_mean_std()
         return kl_nats(mu.double(), sigma.double(), s.double()).sum(1)
 
-    def sample_blocks(self, generator: torch.Generator | None = None, use_mean: bool = False) -> torch.Tensor:
-        mu, sigma, _ = self.block_mean_std()
+    def sample_blocks(self, generator: torch.Generator | None = None, use_mean: bool = False,
+                      mean_std=None) -> torch.Tensor:
+        mu, sigma, _ = mean_std if mean_std is not None else self.block_mean_std()
         if use_mean:
             values = mu
         else:
             values = mu + sigma * torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
         return torch.where(self.coded[:, None], self.coded_values, values)
 
-    def weights(self, generator: torch.Generator | None = None, use_mean: bool = False) -> dict[str, torch.Tensor]:
+    def weights(self, generator: torch.Generator | None = None, use_mean: bool = False,
+                mean_std=None) -> dict[str, torch.Tensor]:
         """The coded parameters of the model, by name: a posterior sample, or the mean."""
-        return self.layout.blocks_to_tensors(self.sample_blocks(generator, use_mean))
+        return self.layout.blocks_to_tensors(self.sample_blocks(generator, use_mean, mean_std))
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, use_mean: bool = False):
-        return functional_call(self.model, self.weights(generator, use_mean), (x,))
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, use_mean: bool = False,
+                mean_std=None):
+        return functional_call(self.model, self.weights(generator, use_mean, mean_std), (x,))
 
     @torch.no_grad()
     def export(self, generator: torch.Generator | None = None, use_mean: bool = True) -> nn.Module:

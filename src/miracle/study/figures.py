@@ -1,0 +1,164 @@
+"""From the runs of a study to one JSON file per figure; the report reads only these files.
+
+    convergence.json    test accuracy and objective against steps and seconds; steps to target
+    annealing.json      Mean-Var's annealing rates tried, and the one chosen
+    compression.json    test accuracy of the posterior mean, a sample and the decoded file
+    tails.json          histograms, excess kurtosis and tail index of four quantities
+    pruning.json        test accuracy against the fraction of weights pruned
+    size_vs_error.json  our files at several budgets, with the published points
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .stats import mean_and_spread
+
+# method.md section 7 (MIRACLE, Table 1): LeNet-5 on MNIST. MIRACLE's sizes count the indices only.
+PUBLISHED_LENET5_MNIST = [
+    {"method": "Deep Compression", "size_bytes": 44000, "test_error": 0.008},
+    {"method": "Weightless", "size_bytes": 4520, "test_error": 0.010},
+    {"method": "Bayesian Compression", "size_bytes": 2300, "test_error": 0.010},
+    {"method": "MIRACLE, lowest error", "size_bytes": 3030, "test_error": 0.0069},
+    {"method": "MIRACLE, highest compression", "size_bytes": 1520, "test_error": 0.0096},
+]
+PARAMS = ("mean-var", "mean-kl")
+TAIL_QUANTITIES = ("decoded_over_s", "mu_over_s", "sigma_over_s", "kl_bits")
+
+
+def _main_runs(summary: dict, param: str) -> list[dict]:
+    """The runs of the main comparison (the main budget, every seed), ordered by seed."""
+    budget = summary["config"]["budget"]
+    runs = [r for r in summary["runs"].values()
+            if r["spec"]["param"] == param and r["spec"]["budget"] == budget and r["spec"]["code"]]
+    return sorted(runs, key=lambda r: r["spec"]["seed"])
+
+
+def _first_step(curve: list[dict], condition) -> dict | None:
+    return next((p for p in curve if condition(p)), None)
+
+
+def convergence(summary: dict) -> dict:
+    config = summary["config"]
+    budget_limit = 16 + config["budget_tolerance_bits"]
+    finals = {p: mean_and_spread([r["curve"][-1]["test_accuracy_sample"] for r in _main_runs(summary, p)])["mean"]
+              for p in PARAMS}
+    target = config["target_fraction"] * max(finals.values())
+    variants = {}
+    for param in PARAMS:
+        seeds = []
+        for run in _main_runs(summary, param):
+            curve = run["curve"]
+            within = (lambda p: p["kl_bits_per_block_max"] <= budget_limit)
+            budget_met = _first_step(curve, within)
+            reached = _first_step(curve, lambda p: p["test_accuracy_sample"] >= target and within(p))
+            seeds.append({
+                "seed": run["spec"]["seed"], "eps_beta": run["spec"]["eps_beta"], "curve": curve,
+                "objective": run["objective"],
+                "steps_to_target": reached["step"] if reached else None,
+                "seconds_to_target": reached["seconds"] if reached else None,
+                "budget_met_step": budget_met["step"] if budget_met else None,
+                "step_ms": run["step_ms"],
+            })
+        reached_steps = [s["steps_to_target"] for s in seeds if s["steps_to_target"] is not None]
+        reached_seconds = [s["seconds_to_target"] for s in seeds if s["seconds_to_target"] is not None]
+        variants[param] = {
+            "seeds": seeds,
+            "final_sample_accuracy": finals[param],
+            "seeds_reaching_target": len(reached_steps),
+            "steps_to_target": mean_and_spread(reached_steps) if reached_steps else None,
+            "seconds_to_target": mean_and_spread(reached_seconds) if reached_seconds else None,
+        }
+    ratio = ratio_seconds = None
+    if all(variants[p]["steps_to_target"] for p in PARAMS):
+        ratio = variants["mean-var"]["steps_to_target"]["mean"] / variants["mean-kl"]["steps_to_target"]["mean"]
+        ratio_seconds = (variants["mean-var"]["seconds_to_target"]["mean"]
+                         / variants["mean-kl"]["seconds_to_target"]["mean"])
+    return {
+        "target_fraction": config["target_fraction"], "target_accuracy": target,
+        "budget_tolerance_bits": config["budget_tolerance_bits"], "steps": config["steps"],
+        "variants": variants, "ratio_steps_mean_var_over_mean_kl": ratio,
+        "ratio_seconds_mean_var_over_mean_kl": ratio_seconds,
+        "note": "steps to target: first measurement with posterior-sample test accuracy >= target and, "
+                "for Mean-Var, every block's KL within bits_per_block + tolerance; runs that never get "
+                "there are counted in seeds_reaching_target, not in the mean",
+    }
+
+
+def annealing(summary: dict) -> dict:
+    trial_runs = {r["spec"]["eps_beta"]: r for r in summary["runs"].values()
+                  if r["spec"]["param"] == "mean-var" and r["spec"]["seed"] == 0
+                  and r["spec"]["budget"] == summary["config"]["budget"]}
+    trials = []
+    for trial in summary["annealing_trials"]:
+        run = trial_runs.get(trial["eps_beta"], {})
+        trials.append({**trial, "curve": run.get("curve", [])})
+    return {"eps_beta_chosen": summary["eps_beta_chosen"], "trials": trials,
+            "rule": "the rate whose trial (seed 0) ends with every block within budget + tolerance and the "
+                    "best posterior-sample accuracy"}
+
+
+def compression(summary: dict) -> dict:
+    out = {}
+    for param in PARAMS:
+        seeds = [{"seed": r["spec"]["seed"], "size_bytes": r["size_bytes"],
+                  "test_accuracy_mean": r["final"]["test_accuracy_mean"],
+                  "test_accuracy_sample": r["final"]["test_accuracy_sample"],
+                  "test_accuracy_decoded": r["decoded_test_accuracy"]} for r in _main_runs(summary, param)]
+        out[param] = {"seeds": seeds, **{
+            key: mean_and_spread([s[key] for s in seeds])
+            for key in ("size_bytes", "test_accuracy_mean", "test_accuracy_sample", "test_accuracy_decoded")}}
+    return {"budget": summary["config"]["budget"], "variants": out}
+
+
+def tails(summary: dict) -> dict:
+    out = {}
+    for param in PARAMS:
+        runs = _main_runs(summary, param)
+        per_quantity = {}
+        for quantity in TAIL_QUANTITIES:
+            stats = [r["decoded_tails"] if quantity == "decoded_over_s" else r["tails"][quantity] for r in runs]
+            per_quantity[quantity] = {
+                "excess_kurtosis": mean_and_spread([s["excess_kurtosis"] for s in stats]),
+                "hill_tail_index": mean_and_spread([s["hill_tail_index"] for s in stats]),
+                "histogram_seed": runs[0]["spec"]["seed"],
+                "histogram": stats[0]["histogram"],
+            }
+        out[param] = per_quantity
+    return {"variants": out, "note": "per free variable, in units of its tensor's prior scale s "
+                                     "(the KL in bits); tail index: Hill estimator on the top 5% of |x|"}
+
+
+def pruning(summary: dict) -> dict:
+    out = {}
+    fractions = summary["config"]["prune_fractions"]
+    for param in PARAMS:
+        runs = _main_runs(summary, param)
+        per_seed = [[p["test_accuracy"] for p in r["pruning"]] for r in runs]
+        out[param] = {"seeds": per_seed,
+                      "by_fraction": [mean_and_spread([acc[i] for acc in per_seed]) for i in range(len(fractions))]}
+    return {"fractions": fractions, "variants": out,
+            "note": "global magnitude pruning of the decoded weights (biases kept), no retraining"}
+
+
+def size_vs_error(summary: dict) -> dict:
+    ours = [{"param": r["spec"]["param"], "budget": r["spec"]["budget"], "seed": r["spec"]["seed"],
+             "size_bytes": r["size_bytes"], "test_error": 1 - r["decoded_test_accuracy"]}
+            for r in summary["runs"].values() if r["spec"]["code"] and r["spec"]["seed"] == 0]
+    config = summary["config"]
+    published = PUBLISHED_LENET5_MNIST if (config["model"], config["dataset"]) == ("lenet5", "mnist") else []
+    return {"ours": sorted(ours, key=lambda p: (p["param"], p["size_bytes"])), "published": published,
+            "note": "our sizes are the bytes of our files; MIRACLE's published sizes count the indices only"}
+
+
+FIGURES = {"convergence": convergence, "annealing": annealing, "compression": compression, "tails": tails,
+           "pruning": pruning, "size_vs_error": size_vs_error}
+
+
+def write_figures(summary: dict, json_dir: Path) -> None:
+    json_dir.mkdir(parents=True, exist_ok=True)
+    provenance = {k: summary[k] for k in ("command", "git_commit", "date", "machine") if k in summary}
+    context = {"preset": summary["preset"], "config": summary["config"], **provenance}
+    for name, make in FIGURES.items():
+        (json_dir / f"{name}.json").write_text(json.dumps({**context, **make(summary)}, indent=1) + "\n")

@@ -1,0 +1,255 @@
+"""The study's report: ``report.md`` and PNG plots, made from the figure JSON files alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .figures import FIGURES, PARAMS, TAIL_QUANTITIES
+
+COLOURS = {"mean-var": "tab:orange", "mean-kl": "tab:blue"}
+LABELS = {"mean-var": "Mean-Var", "mean-kl": "Mean-KL"}
+TAIL_TITLES = {"decoded_over_s": "decoded weight / s", "mu_over_s": "posterior mean mu / s",
+               "sigma_over_s": "posterior std sigma / s", "kl_bits": "KL per weight (bits)"}
+
+
+def load_figures(json_dir: Path) -> dict:
+    missing = [name for name in FIGURES if not (json_dir / f"{name}.json").exists()]
+    if missing:
+        raise FileNotFoundError(f"{json_dir} lacks {', '.join(m + '.json' for m in missing)}; run the study first")
+    return {name: json.loads((json_dir / f"{name}.json").read_text()) for name in FIGURES}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _band(ax, xs_per_seed, ys_per_seed, colour, label):
+    """Mean over seeds with a min-max band (seeds share their x positions)."""
+    n = min(len(ys) for ys in ys_per_seed)
+    xs = [sum(x[i] for x in xs_per_seed) / len(xs_per_seed) for i in range(n)]
+    mean = [sum(y[i] for y in ys_per_seed) / len(ys_per_seed) for i in range(n)]
+    ax.plot(xs, mean, color=colour, label=label)
+    if len(ys_per_seed) > 1:
+        ax.fill_between(xs, [min(y[i] for y in ys_per_seed) for i in range(n)],
+                        [max(y[i] for y in ys_per_seed) for i in range(n)], color=colour, alpha=0.2)
+
+
+def plot_convergence(fig_json: dict, out: Path, x_key: str) -> None:
+    plt = _pyplot()
+    fig, (ax_acc, ax_obj) = plt.subplots(1, 2, figsize=(11, 4))
+    for param in PARAMS:
+        seeds = fig_json["variants"][param]["seeds"]
+        label = f"{LABELS[param]} ({len(seeds)} seeds)"
+        _band(ax_acc, [[p[x_key] for p in s["curve"]] for s in seeds],
+              [[100 * p["test_accuracy_sample"] for p in s["curve"]] for s in seeds], COLOURS[param], label)
+        _band(ax_obj, [[p[x_key] for p in s["objective"]] for s in seeds],
+              [[p["negative_elbo"] for p in s["objective"]] for s in seeds], COLOURS[param], label)
+    ax_acc.axhline(100 * fig_json["target_accuracy"], color="grey", linestyle="--", label="target")
+    x_label = "training steps" if x_key == "step" else "training time (s)"
+    ax_acc.set(xlabel=x_label, ylabel="test accuracy, posterior sample (%)", title="Accuracy")
+    lows = [100 * p["test_accuracy_sample"] for param in PARAMS for s in fig_json["variants"][param]["seeds"]
+            for p in s["curve"][len(s["curve"]) // 4:]]
+    ax_acc.set_ylim(max(min(lows) - 2, 0), 100)
+    ax_obj.set(xlabel=x_label, ylabel="negative ELBO per example (nats)", title="Objective (window means)")
+    ax_obj.set_yscale("log")
+    for ax in (ax_acc, ax_obj):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_annealing(fig_json: dict, out: Path) -> None:
+    plt = _pyplot()
+    fig, (ax_acc, ax_kl) = plt.subplots(1, 2, figsize=(11, 4))
+    for trial in fig_json["trials"]:
+        label = f"eps_beta = {trial['eps_beta']:g}" + (" (chosen)" if trial["eps_beta"] == fig_json["eps_beta_chosen"] else "")
+        steps = [p["step"] for p in trial["curve"]]
+        ax_acc.plot(steps, [100 * p["test_accuracy_sample"] for p in trial["curve"]], label=label)
+        ax_kl.plot(steps, [p["kl_bits_per_block_max"] for p in trial["curve"]], label=label)
+    ax_kl.axhline(16, color="grey", linestyle="--", label="budget per block (16 bits)")
+    ax_acc.set(xlabel="training steps", ylabel="test accuracy, posterior sample (%)", title="Mean-Var trials (seed 0)")
+    ax_kl.set(xlabel="training steps", ylabel="largest block KL (bits)", title="Budget: largest block KL")
+    ax_kl.set_yscale("log")
+    for ax in (ax_acc, ax_kl):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_tails(fig_json: dict, out: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(TAIL_QUANTITIES), figsize=(16, 3.8))
+    for ax, quantity in zip(axes, TAIL_QUANTITIES):
+        for param in PARAMS:
+            entry = fig_json["variants"][param][quantity]
+            hist = entry["histogram"]
+            total = sum(hist["counts"]) + hist["outside"]
+            widths = [b - a for a, b in zip(hist["edges"], hist["edges"][1:])]
+            density = [c / (total * w) for c, w in zip(hist["counts"], widths)]
+            kurt = entry["excess_kurtosis"]["mean"]
+            ax.stairs(density, hist["edges"], color=COLOURS[param],
+                      label=f"{LABELS[param]} (kurtosis {kurt:.1f})")
+        ax.set(title=TAIL_TITLES[quantity], xlabel=TAIL_TITLES[quantity], ylabel="density (log scale)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_pruning(fig_json: dict, out: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [100 * f for f in fig_json["fractions"]]
+    for param in PARAMS:
+        by_fraction = fig_json["variants"][param]["by_fraction"]
+        ax.plot(xs, [100 * b["mean"] for b in by_fraction], marker="o", color=COLOURS[param],
+                label=f"{LABELS[param]} ({by_fraction[0]['n']} seeds)")
+        ax.fill_between(xs, [100 * b["min"] for b in by_fraction], [100 * b["max"] for b in by_fraction],
+                        color=COLOURS[param], alpha=0.2)
+    ax.set(xlabel="weights pruned (%, global magnitude, no retraining)", ylabel="test accuracy (%)",
+           title="Pruning the decoded weights")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_size_vs_error(fig_json: dict, out: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for param in PARAMS:
+        points = [p for p in fig_json["ours"] if p["param"] == param]
+        ax.plot([p["size_bytes"] for p in points], [100 * p["test_error"] for p in points], marker="o",
+                color=COLOURS[param], label=f"{LABELS[param]} (our files, seed 0)")
+    for p in fig_json["published"]:
+        ax.scatter(p["size_bytes"], 100 * p["test_error"], marker="x", color="black")
+        ax.annotate(p["method"], (p["size_bytes"], 100 * p["test_error"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set(xlabel="size (bytes, log scale)", ylabel="test error (%)", title="Size against error")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _pct(stat: dict | None) -> str:
+    if stat is None:
+        return "n/a"
+    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+
+
+def _num(stat: dict | None, digits: int = 0) -> str:
+    if stat is None:
+        return "not reached"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def write_markdown(figs: dict, out: Path) -> None:
+    conv, ann, comp = figs["convergence"], figs["annealing"], figs["compression"]
+    tails, prune, size = figs["tails"], figs["pruning"], figs["size_vs_error"]
+    config = conv["config"]
+    lines = [
+        f"# Mean-KL against Mean-Var: study `{conv['preset']}`",
+        "",
+        f"{config['model']} on {config['dataset']}, budget {config['budget']}, 16 bits per block, "
+        f"{config['seeds']} seeds, {config['steps']} training steps, coding in groups of "
+        f"{config['blocks_per_group']} blocks with {config['retrain_steps']} retraining steps between groups.",
+        f"Command: `{conv.get('command', '?')}`, commit `{conv.get('git_commit', '?')}`, {conv.get('date', '?')}, "
+        f"{conv.get('machine', '?')}. Values are mean ± standard deviation over seeds.",
+        "",
+        "## 1. Convergence",
+        "",
+        "![accuracy and objective against steps](convergence_steps.png)",
+        "![accuracy and objective against seconds](convergence_seconds.png)",
+        "",
+        f"Target: {100 * conv['target_accuracy']:.2f}% posterior-sample test accuracy "
+        f"({conv['target_fraction']:g} of the better final mean). {conv['note']}.",
+        "",
+        "| variant | final sample accuracy (%) | seeds reaching target | steps to target | seconds to target | ms/step |",
+        "|---|---|---|---|---|---|",
+    ]
+    for param in PARAMS:
+        v = conv["variants"][param]
+        step_ms = sum(s["step_ms"] for s in v["seeds"]) / len(v["seeds"])
+        lines.append(f"| {LABELS[param]} | {100 * v['final_sample_accuracy']:.2f} | {v['seeds_reaching_target']}/"
+                     f"{len(v['seeds'])} | {_num(v['steps_to_target'])} | {_num(v['seconds_to_target'], 1)} | "
+                     f"{step_ms:.1f} |")
+    ratio = conv["ratio_steps_mean_var_over_mean_kl"]
+    lines += ["", f"Steps-to-target ratio Mean-Var / Mean-KL: {ratio:.2f}" if ratio is not None else
+              "Steps-to-target ratio: not defined (a variant never reached the target).", ""]
+    if conv["ratio_seconds_mean_var_over_mean_kl"] is not None:
+        lines += [f"Seconds-to-target ratio Mean-Var / Mean-KL: {conv['ratio_seconds_mean_var_over_mean_kl']:.2f}", ""]
+    lines += [
+        "### Mean-Var annealing rates tried (seed 0)",
+        "",
+        "![annealing trials](annealing.png)",
+        "",
+        f"Rule: {ann['rule']}. Chosen: eps_beta = {ann['eps_beta_chosen']:g}.",
+        "",
+        "| eps_beta | sample accuracy (%) | mean accuracy (%) | largest block KL (bits) | training seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for t in ann["trials"]:
+        lines.append(f"| {t['eps_beta']:g} | {100 * t['final']['test_accuracy_sample']:.2f} | "
+                     f"{100 * t['final']['test_accuracy_mean']:.2f} | {t['kl_bits_per_block_max']:.2f} | "
+                     f"{t['train_seconds']:.0f} |")
+    lines += [
+        "",
+        f"## 2. Accuracy after compression ({comp['budget']})",
+        "",
+        "| variant | file size (bytes) | posterior mean (%) | posterior sample (%) | decoded file (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for param in PARAMS:
+        v = comp["variants"][param]
+        lines.append(f"| {LABELS[param]} | {v['size_bytes']['mean']:.0f} | {_pct(v['test_accuracy_mean'])} | "
+                     f"{_pct(v['test_accuracy_sample'])} | {_pct(v['test_accuracy_decoded'])} |")
+    lines += ["", "## 3. Tails", "", "![histograms](tails.png)", "", tails["note"] + ".", "",
+              "| quantity | Mean-Var excess kurtosis | Mean-KL excess kurtosis | Mean-Var tail index | Mean-KL tail index |",
+              "|---|---|---|---|---|"]
+    for quantity in TAIL_QUANTITIES:
+        mv, mk = tails["variants"]["mean-var"][quantity], tails["variants"]["mean-kl"][quantity]
+        lines.append(f"| {TAIL_TITLES[quantity]} | {_num(mv['excess_kurtosis'], 2)} | {_num(mk['excess_kurtosis'], 2)} "
+                     f"| {_num(mv['hill_tail_index'], 2)} | {_num(mk['hill_tail_index'], 2)} |")
+    lines += ["", "## 4. Pruning", "", "![pruning](pruning.png)", "", prune["note"] + ".", "",
+              "| pruned (%) | " + " | ".join(f"{LABELS[p]} accuracy (%)" for p in PARAMS) + " |",
+              "|---|" + "---|" * len(PARAMS)]
+    for i, fraction in enumerate(prune["fractions"]):
+        lines.append(f"| {100 * fraction:g} | " + " | ".join(_pct(prune["variants"][p]["by_fraction"][i])
+                                                           for p in PARAMS) + " |")
+    lines += ["", "## 5. Size against error", "", "![size against error](size_vs_error.png)", "",
+              size["note"] + ".", "", "| variant | budget | file size (bytes) | test error (%) |", "|---|---|---|---|"]
+    for p in size["ours"]:
+        lines.append(f"| {LABELS[p['param']]} | {p['budget']} | {p['size_bytes']} | {100 * p['test_error']:.2f} |")
+    for p in size["published"]:
+        lines.append(f"| {p['method']} (published) | | {p['size_bytes']} | {100 * p['test_error']:.2f} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def write_report(json_dir: Path, out: Path) -> Path:
+    """report.md and the PNGs in ``out``, from the JSON files in ``json_dir`` alone."""
+    figs = load_figures(json_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_convergence(figs["convergence"], out / "convergence_steps.png", "step")
+    plot_convergence(figs["convergence"], out / "convergence_seconds.png", "seconds")
+    plot_annealing(figs["annealing"], out / "annealing.png")
+    plot_tails(figs["tails"], out / "tails.png")
+    plot_pruning(figs["pruning"], out / "pruning.png")
+    plot_size_vs_error(figs["size_vs_error"], out / "size_vs_error.png")
+    write_markdown(figs, out)
+    return out / "report.md"

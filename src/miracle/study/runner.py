@@ -1,0 +1,352 @@
+"""Runs of the study: Mean-Var against Mean-KL under the same model, data, budget, optimiser
+and schedule, over several seeds; every run resumable, every figure written as JSON.
+
+An output directory holds one study::
+
+    OUT/study.json             the settings (a rerun must match them, and then resumes)
+    OUT/runs/<run>/            one training-and-coding run: checkpoint, metrics.jsonl,
+                               curve.json (test accuracy during training), model.mrc,
+                               trained.json (the posterior before coding), run.json (done)
+    OUT/json/*.json            the figures, computed from the run files (see figures.py)
+
+Mean-Var's annealing rate is tuned first: every rate of the preset is trained with seed 0
+and the best is used for the rest (the trial with the chosen rate is the seed-0 run itself,
+so its training is not repeated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from .. import data as data_module
+from ..blocks import BlockLayout, num_blocks_for
+from ..compress import decompress, run_compression
+from ..errors import InvalidInput, MiracleError
+from ..models import create_model, get_model_spec, model_names
+from ..posteriors import LN2, kl_nats
+from ..progressive import CodingConfig
+from ..provenance import provenance
+from ..training import METRICS_NAME, TrainConfig, Trainer, accuracy, evaluate_posterior
+from ..units import parse_budget_bits
+from ..variational import VariationalConfig, VariationalModel, select_parameters
+from .stats import prune_by_magnitude, tail_summary
+
+PARAMS = ("mean-var", "mean-kl")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    model: str
+    dataset: str
+    budget: str  # the budget of the main comparison
+    seeds: int
+    steps: int  # training steps before coding, the same for both
+    eval_every: int  # test accuracy is measured every this many steps (and checkpoints taken)
+    blocks_per_group: int
+    retrain_steps: int
+    eps_betas: tuple[float, ...]  # Mean-Var annealing rates tried
+    sweep_budgets: tuple[str, ...]  # further budgets for size against error (seed 0)
+    prune_fractions: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    target_fraction: float = 0.99  # convergence target: this fraction of the better final accuracy
+    # Mean-Var "within budget": every block <= C_loc + this. Its per-block controller oscillates
+    # around the budget; a loose tolerance favours Mean-Var, the side the paper claims is slower.
+    budget_tolerance_bits: float = 1.0
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))  # tuples become lists, as in the saved file
+
+
+PRESETS = {
+    # Minutes, not hours: the slow integration test's preset. Short schedules, big coding groups.
+    "quick": StudyConfig(model="lenet5", dataset="mnist", budget="1.5KB", seeds=3, steps=600, eval_every=100,
+                         blocks_per_group=125, retrain_steps=10, eps_betas=(1e-3, 1e-2), sweep_budgets=("3KB",)),
+    "full": StudyConfig(model="lenet5", dataset="mnist", budget="1.5KB", seeds=3, steps=4000, eval_every=250,
+                        blocks_per_group=25, retrain_steps=50, eps_betas=(1e-3, 3e-3, 1e-2),
+                        sweep_budgets=("1KB", "2KB", "3KB")),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    param: str
+    budget: str
+    seed: int
+    eps_beta: float | None  # Mean-Var only
+    code: bool  # False: train only (an annealing-rate trial)
+
+    @property
+    def name(self) -> str:
+        eps = f"_eps{self.eps_beta:g}" if self.eps_beta is not None else ""
+        return f"{self.param}_{self.budget}{eps}_seed{self.seed}"
+
+
+def get_preset(name: str) -> StudyConfig:
+    if name not in PRESETS:
+        raise InvalidInput(f"unknown study preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def check_config(config: StudyConfig) -> None:
+    """Every error the settings can cause, before any work."""
+    if config.model not in model_names():
+        raise InvalidInput(f"unknown model {config.model!r}; choose one of {', '.join(model_names())}")
+    if config.dataset not in data_module.DATASETS:
+        raise InvalidInput(f"unknown dataset {config.dataset!r}; choose one of {', '.join(data_module.DATASETS)}")
+    if config.seeds < 1 or config.steps < 1 or config.eval_every < 1:
+        raise InvalidInput("seeds, steps and eval_every must be at least 1")
+    model = create_model(config.model)
+    shapes = {n: tuple(p.shape) for n, p in select_parameters(model).items()}
+    for budget in (config.budget, *config.sweep_budgets):
+        # Builds the block layout: a budget too small or too large for the model fails here.
+        BlockLayout(shapes, get_model_spec(config.model).group_sizes,
+                    num_blocks_for(parse_budget_bits(budget), 16), 0, 0)
+
+
+def open_study(out: Path, config: StudyConfig, preset: str) -> None:
+    """Create ``out`` for this study, or check that it already holds this very study."""
+    identity = {"preset": preset, "config": config.to_dict()}
+    settings = out / "study.json"
+    if settings.exists():
+        saved = json.loads(settings.read_text())
+        if {k: saved.get(k) for k in identity} != identity:
+            raise InvalidInput(
+                f"{out} holds a different study (preset {saved.get('preset')!r}, other settings); "
+                "choose another output directory, or delete it to start over"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise InvalidInput(f"{out} is not empty and holds no study; choose an empty or new output directory")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(settings, {**identity, **provenance()})
+
+
+# -- one run ----------------------------------------------------------------------------------
+@lru_cache(maxsize=4)
+def _split(dataset: str, split: str, data_dir: str | None):
+    return data_module.load(dataset, split, data_dir)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _coding_config(config: StudyConfig, seed: int) -> CodingConfig:
+    return CodingConfig(config.blocks_per_group, config.retrain_steps, coder_seed=seed, sender_seed=seed)
+
+
+def _trainer(config: StudyConfig, spec: RunSpec, run_dir: Path, data_dir) -> Trainer:
+    vconfig = VariationalConfig(
+        budget_bits=parse_budget_bits(spec.budget), param=spec.param,
+        group_sizes=get_model_spec(config.model).group_sizes, hash_seed=spec.seed, partition_seed=spec.seed,
+        **({"eps_beta": spec.eps_beta} if spec.eps_beta is not None else {}),
+    )
+    tconfig = TrainConfig(steps=config.steps, seed=spec.seed, checkpoint_every=config.eval_every)
+    vmodel = VariationalModel(create_model(config.model, spec.seed), vconfig)
+    return Trainer(vmodel, _split(config.dataset, "train", data_dir), tconfig, run_dir,
+                   {"model": config.model, "dataset": config.dataset,
+                    "coding": _coding_config(config, spec.seed).to_dict()})
+
+
+def _curve_point(trainer: Trainer, test) -> dict:
+    vmodel = trainer.vmodel
+    with torch.no_grad():
+        kl_bits = vmodel.kl_nats_per_block() / LN2
+    return {"step": trainer.step, "seconds": round(trainer.seconds, 3),
+            **evaluate_posterior(vmodel, test, trainer.config.seed),
+            "kl_bits_per_block_max": float(kl_bits.max()), "kl_bits_total": float(kl_bits.sum())}
+
+
+def _train_with_curve(trainer: Trainer, run_dir: Path, test, eval_every: int, progress: bool) -> list[dict]:
+    """Train to the configured steps, measuring the test accuracy every ``eval_every`` steps;
+    the curve is saved after each measurement, so a resumed run keeps it."""
+    trainer.start()
+    path = run_dir / "curve.json"
+    curve = [p for p in (json.loads(path.read_text()) if path.exists() else []) if p["step"] <= trainer.step]
+    while True:
+        if trainer.step % eval_every == 0 and (not curve or curve[-1]["step"] < trainer.step):
+            curve.append(_curve_point(trainer, test))
+            _write_json(path, curve)
+        if trainer.step >= trainer.config.steps:
+            break
+        trainer.train_until(min((trainer.step // eval_every + 1) * eval_every, trainer.config.steps), progress)
+        trainer.save_checkpoint()
+    if curve[-1]["step"] < trainer.step:  # steps not a multiple of eval_every
+        curve.append(_curve_point(trainer, test))
+        _write_json(path, curve)
+    return curve
+
+
+def _objective_curve(run_dir: Path, num_examples: int, eval_every: int) -> list[dict]:
+    """The training objective averaged over each window of ``eval_every`` steps: the loss
+    optimised (Mean-Var's includes its betas) and the negative ELBO per example (beta = 1)."""
+    rows = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines() if line.strip()]
+    windows: dict[int, list[dict]] = {}
+    for row in rows:
+        windows.setdefault((row["step"] - 1) // eval_every, []).append(row)
+    out = []
+    for index, window in sorted(windows.items()):
+        n = len(window)
+        out.append({
+            "step": window[-1]["step"], "seconds": window[-1]["seconds"],
+            "loss": sum(r["loss"] for r in window) / n,
+            "negative_elbo": sum(r["nll"] + r["kl_bits_total"] * LN2 / num_examples for r in window) / n,
+            "blocks_over_budget": window[-1]["blocks_over_budget"],
+        })
+    return out
+
+
+def _posterior_tails(vmodel: VariationalModel) -> dict:
+    """Tails of the trained posterior, per free variable: mu / s, sigma / s, KL in bits."""
+    real = vmodel.layout.is_real
+    with torch.no_grad():
+        mu, sigma, s = vmodel.block_mean_std()
+        kl_bits = kl_nats(mu.double(), sigma.double(), s.double()) / LN2
+    return {"mu_over_s": tail_summary((mu / s)[real]), "sigma_over_s": tail_summary((sigma / s)[real]),
+            "kl_bits": tail_summary(kl_bits[real])}
+
+
+def _pruning_curve(model: torch.nn.Module, test, fractions) -> list[dict]:
+    """Test accuracy after global magnitude pruning of the weights (not biases), no retraining."""
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.dim() > 1}
+    params = dict(model.named_parameters())
+    curve = []
+    for fraction in fractions:
+        with torch.no_grad():
+            for name, value in prune_by_magnitude(weights, fraction).items():
+                params[name].copy_(value)
+        curve.append({"fraction": fraction, "test_accuracy": accuracy(model, test)})
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    return curve
+
+
+def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | None = None,
+                progress: bool = False) -> dict:
+    """Train (and, for ``spec.code``, code, decode and analyse) one run; resumable."""
+    run_dir = out / "runs" / spec.name
+    done = run_dir / ("run.json" if spec.code else "trained.json")
+    if done.exists():
+        return json.loads(done.read_text())
+    test = _split(config.dataset, "test", data_dir)
+    trainer = _trainer(config, spec, run_dir, data_dir)
+    trained_path = run_dir / "trained.json"
+    if trained_path.exists():
+        trained = json.loads(trained_path.read_text())
+    else:
+        curve = _train_with_curve(trainer, run_dir, test, config.eval_every, progress)
+        trained = {
+            "curve": curve,
+            "objective": _objective_curve(run_dir, len(trainer.data), config.eval_every),
+            "final": evaluate_posterior(trainer.vmodel, test, spec.seed),
+            "step_ms": round(trainer.step_ms(), 2), "train_seconds": round(trainer.seconds, 2),
+            "tails": _posterior_tails(trainer.vmodel), "kl": trainer.vmodel.kl_summary(),
+        }
+        _write_json(trained_path, trained)
+    if not spec.code:
+        return trained
+    start = time.perf_counter()
+    mrc = run_dir / "model.mrc"
+    result = run_compression(trainer, _coding_config(config, spec.seed), mrc, config.model, progress)
+    coding_seconds = time.perf_counter() - start
+    decoded = decompress(mrc)
+    vmodel = result.vmodel
+    real = vmodel.layout.is_real
+    s = vmodel.prior.slot_scales().detach()
+    run = {
+        **trained,
+        "size_bytes": result.size_bytes,
+        "decoded_test_accuracy": accuracy(decoded, test),
+        "coding_seconds": round(coding_seconds, 2),
+        "decoded_tails": tail_summary((vmodel.coded_values / s)[real]),
+        "pruning": _pruning_curve(decoded, test, config.prune_fractions),
+    }
+    _write_json(done, run)
+    return run
+
+
+# -- the whole study ----------------------------------------------------------------------------
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_all(config, specs, out, data_dir, jobs, log) -> dict[RunSpec, dict]:
+    results: dict[RunSpec, dict] = {}
+    if jobs == 1:
+        for spec in specs:
+            results[spec] = execute_run(config, spec, out, data_dir, progress=True)
+            log(f"  done: {spec.name}")
+        return results
+    # Parallel runs with one thread each: two 2-thread processes on 2 cores stall each other.
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init,
+                             initargs=(1,)) as pool:
+        futures = {pool.submit(execute_run, config, spec, out, data_dir): spec for spec in specs}
+        for future in as_completed(futures):
+            spec = futures[future]
+            results[spec] = future.result()
+            log(f"  done: {spec.name}")
+    return results
+
+
+def choose_eps_beta(trials: dict[float, dict], tolerance_bits: float, bits_per_block: int) -> float:
+    """The annealing rate whose trial ends within budget with the best sample accuracy (if
+    none ends within budget: the one with the smallest largest block KL)."""
+    def within(t):
+        return t["kl"]["kl_bits_per_block_max"] <= bits_per_block + tolerance_bits
+    fitting = {eps: t for eps, t in trials.items() if within(t)}
+    if fitting:
+        return max(fitting, key=lambda eps: fitting[eps]["final"]["test_accuracy_sample"])
+    return min(trials, key=lambda eps: trials[eps]["kl"]["kl_bits_per_block_max"])
+
+
+def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None = None, jobs: int = 1,
+              log=print) -> dict:
+    """Every run of the study (resuming what is done), then the figures as JSON."""
+    from .figures import write_figures
+
+    check_config(config)
+    _split(config.dataset, "train", data_dir)  # a missing dataset fails before any work
+    open_study(out, config, preset)
+    started = time.perf_counter()
+    seeds = range(config.seeds)
+    budgets = (config.budget, *config.sweep_budgets)
+    trials = [RunSpec("mean-var", config.budget, 0, eps, code=False) for eps in config.eps_betas]
+    mean_kl = [RunSpec("mean-kl", config.budget, seed, None, True) for seed in seeds]
+    mean_kl += [RunSpec("mean-kl", budget, 0, None, True) for budget in config.sweep_budgets]
+    log(f"study {preset}: {len(trials)} Mean-Var annealing trials and {len(mean_kl)} Mean-KL runs")
+    first = _run_all(config, trials + mean_kl, out, data_dir, jobs, log)
+    eps = choose_eps_beta({t.eps_beta: first[t] for t in trials}, config.budget_tolerance_bits, 16)
+    log(f"Mean-Var annealing rate chosen: {eps:g}")
+    mean_var = [RunSpec("mean-var", config.budget, seed, eps, True) for seed in seeds]
+    mean_var += [RunSpec("mean-var", budget, 0, eps, True) for budget in config.sweep_budgets]
+    second = _run_all(config, mean_var, out, data_dir, jobs, log)
+    runs = {**first, **second}
+    summary = {
+        "preset": preset, "config": config.to_dict(), "eps_beta_chosen": eps,
+        "annealing_trials": [{"eps_beta": t.eps_beta, **_trial_summary(runs[t])} for t in trials],
+        "runs": {spec.name: {**runs[spec], "spec": asdict(spec)} for spec in runs},
+        "budgets": list(budgets),
+        "seconds_this_invocation": round(time.perf_counter() - started, 1),
+        **provenance(),
+    }
+    write_figures(summary, out / "json")
+    return summary
+
+
+def _trial_summary(trained: dict) -> dict:
+    return {"final": trained["final"], "kl_bits_per_block_max": trained["kl"]["kl_bits_per_block_max"],
+            "train_seconds": trained["train_seconds"]}
+
+
+__all__ = ["PRESETS", "StudyConfig", "RunSpec", "get_preset", "run_study", "execute_run", "choose_eps_beta"]

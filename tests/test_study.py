@@ -1,0 +1,246 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from conftest import run_cli
+from miracle.errors import InvalidInput
+from miracle.study import StudyConfig, run_study, write_report
+from miracle.study.figures import FIGURES, write_figures
+from miracle.study.runner import RunSpec, check_config, choose_eps_beta, execute_run, open_study
+from miracle.study.stats import (excess_kurtosis, hill_tail_index, histogram, mean_and_spread,
+                                 prune_by_magnitude)
+
+# -- statistics on weights whose answer is known ------------------------------------------------
+
+
+def test_excess_kurtosis_of_known_distributions():
+    assert excess_kurtosis(torch.tensor([-1.0, 1.0])) == pytest.approx(-2.0)  # two points: 1 - 3
+    g = torch.Generator().manual_seed(0)
+    gaussian = torch.randn(400_000, generator=g, dtype=torch.float64)
+    u = torch.rand(400_000, generator=g, dtype=torch.float64) - 0.5
+    laplace = -torch.sign(u) * torch.log1p(-2 * u.abs())  # inverse CDF of Laplace(0, 1)
+    assert excess_kurtosis(gaussian) == pytest.approx(0.0, abs=0.05)
+    assert excess_kurtosis(laplace) == pytest.approx(3.0, abs=0.2)
+    with pytest.raises(ValueError):
+        excess_kurtosis(torch.ones(10))
+
+
+def test_hill_tail_index_recovers_a_pareto_exponent():
+    g = torch.Generator().manual_seed(1)
+    for alpha in (1.5, 3.0):
+        pareto = torch.rand(200_000, generator=g, dtype=torch.float64).pow(-1 / alpha)
+        assert hill_tail_index(pareto) == pytest.approx(alpha, rel=0.05)
+    # by hand: top 2 of |x| = 8, 4 above the threshold 2: 1 / mean(ln 4, ln 2) = 1 / (1.5 ln 2)
+    values = torch.tensor([1.0, -2.0, 4.0, -8.0] + [0.5] * 36)
+    assert hill_tail_index(values, tail_fraction=0.05) == pytest.approx(1 / (1.5 * math.log(2)))
+
+
+def test_histogram_counts_every_value():
+    values = torch.cat([torch.linspace(-1, 1, 1000), torch.tensor([50.0, -50.0])])
+    hist = histogram(values, bins=10, quantile_range=0.99)
+    assert len(hist["edges"]) == 11 and sum(hist["counts"]) + hist["outside"] == values.numel()
+    assert hist["outside"] >= 2
+
+
+def test_global_magnitude_pruning_zeroes_the_smallest_entries():
+    weights = {"a": torch.tensor([3.0, -1.0, 2.0]), "b": torch.tensor([[-4.0, 0.5]])}
+    pruned = prune_by_magnitude(weights, 0.4)  # 2 of 5 entries: 0.5 and -1
+    assert pruned["a"].tolist() == [3.0, 0.0, 2.0] and pruned["b"].tolist() == [[-4.0, 0.0]]
+    assert prune_by_magnitude(weights, 0.0)["a"].tolist() == [3.0, -1.0, 2.0]
+    assert all(int(t.count_nonzero()) == 0 for t in prune_by_magnitude(weights, 1.0).values())
+    ties = prune_by_magnitude({"w": torch.ones(10)}, 0.3)["w"]
+    assert int((ties == 0).sum()) == 3  # exactly the fraction asked, even among ties
+    with pytest.raises(ValueError):
+        prune_by_magnitude(weights, 1.5)
+
+
+def test_mean_and_spread():
+    stat = mean_and_spread([1.0, 2.0, 3.0])
+    assert stat == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert mean_and_spread([5.0])["std"] == 0.0
+
+
+def test_annealing_rate_choice_prefers_runs_within_budget():
+    def trial(acc, kl_max):
+        return {"final": {"test_accuracy_sample": acc}, "kl": {"kl_bits_per_block_max": kl_max}}
+
+    trials = {1e-3: trial(0.99, 20.0), 3e-3: trial(0.95, 16.2), 1e-2: trial(0.93, 16.0)}
+    assert choose_eps_beta(trials, 0.5, 16) == 3e-3  # the most accurate is over budget
+    assert choose_eps_beta({1e-3: trial(0.9, 30.0), 1e-2: trial(0.5, 18.0)}, 0.5, 16) == 1e-2
+
+
+# -- the report, from JSON alone -------------------------------------------------------------------
+FIXTURE_CONFIG = StudyConfig(model="lenet5", dataset="mnist", budget="1.5KB", seeds=2, steps=400, eval_every=100,
+                             blocks_per_group=25, retrain_steps=10, eps_betas=(1e-3, 1e-2), sweep_budgets=("3KB",),
+                             prune_fractions=(0.0, 0.5, 0.9))
+
+
+def _fixture_run(param, budget, seed, eps, reach_step, kl_max=16.0, code=True):
+    """A run whose sample accuracy jumps from 0.5 to 0.95 at ``reach_step``."""
+    curve = [{"step": s, "seconds": s / 10, "test_accuracy_mean": 0.96,
+              "test_accuracy_sample": 0.5 if s < reach_step else 0.95,
+              "kl_bits_per_block_max": kl_max, "kl_bits_total": 12000.0} for s in range(0, 401, 100)]
+    tail = {"excess_kurtosis": 1.0 + seed, "hill_tail_index": 3.0,
+            "histogram": {"edges": [-1.0, 0.0, 1.0], "counts": [3, 5], "outside": 0}, "count": 8}
+    run = {"spec": {"param": param, "budget": budget, "seed": seed, "eps_beta": eps, "code": code},
+           "curve": curve, "objective": [{"step": s, "seconds": s / 10, "loss": 1.0, "negative_elbo": 1.0 / s,
+                                          "blocks_over_budget": 0} for s in range(100, 401, 100)],
+           "final": {"test_accuracy_mean": 0.96, "test_accuracy_sample": 0.95}, "step_ms": 100.0,
+           "train_seconds": 40.0, "kl": {"kl_bits_per_block_max": kl_max},
+           "tails": {q: tail for q in ("mu_over_s", "sigma_over_s", "kl_bits")}}
+    if code:
+        run.update(size_bytes=1579 if budget == "1.5KB" else 3079, decoded_test_accuracy=0.94, decoded_tails=tail,
+                   pruning=[{"fraction": f, "test_accuracy": 0.94 - f / 2} for f in (0.0, 0.5, 0.9)])
+    return run
+
+
+def _fixture_summary():
+    runs = {}
+    for seed in (0, 1):
+        runs[f"kl{seed}"] = _fixture_run("mean-kl", "1.5KB", seed, None, reach_step=100)
+        runs[f"var{seed}"] = _fixture_run("mean-var", "1.5KB", seed, 1e-2, reach_step=200)
+    runs["kl-3KB"] = _fixture_run("mean-kl", "3KB", 0, None, 100)
+    runs["var-3KB"] = _fixture_run("mean-var", "3KB", 0, 1e-2, 200)
+    return {"preset": "fixture", "config": FIXTURE_CONFIG.to_dict(), "eps_beta_chosen": 1e-2,
+            "annealing_trials": [{"eps_beta": 1e-3, "final": {"test_accuracy_mean": 0.9, "test_accuracy_sample": 0.8},
+                                  "kl_bits_per_block_max": 30.0, "train_seconds": 40.0},
+                                 {"eps_beta": 1e-2, "final": {"test_accuracy_mean": 0.96, "test_accuracy_sample": 0.95},
+                                  "kl_bits_per_block_max": 16.0, "train_seconds": 40.0}],
+            "runs": runs, "budgets": ["1.5KB", "3KB"], "command": "fixture", "git_commit": "0" * 40,
+            "date": "2026-11-24", "machine": "test"}
+
+
+def test_report_is_built_from_the_json_files_alone(tmp_path):
+    write_figures(_fixture_summary(), tmp_path / "json")
+    assert sorted(p.stem for p in (tmp_path / "json").iterdir()) == sorted(FIGURES)
+    report_dir = tmp_path / "report"
+    report = write_report(tmp_path / "json", report_dir)
+    text = report.read_text()
+    conv = json.loads((tmp_path / "json" / "convergence.json").read_text())
+    assert conv["target_accuracy"] == pytest.approx(0.99 * 0.95)
+    assert conv["ratio_steps_mean_var_over_mean_kl"] == pytest.approx(2.0)  # 200 steps vs 100
+    assert "Steps-to-target ratio Mean-Var / Mean-KL: 2.00" in text
+    assert "| Mean-KL | 1579 | 96.00 ± 0.00 | 95.00 ± 0.00 | 94.00 ± 0.00 |" in text
+    assert "| 50 | 69.00 ± 0.00 | 69.00 ± 0.00 |" in text  # pruning: 0.94 - 0.5 / 2
+    assert "| MIRACLE, highest compression (published) | | 1520 | 0.96 |" in text
+    for png in ("convergence_steps", "convergence_seconds", "annealing", "tails", "pruning", "size_vs_error"):
+        assert (report_dir / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"({png}.png)" in text
+
+
+def test_mean_var_over_budget_never_reaches_the_target(tmp_path):
+    summary = _fixture_summary()
+    for key in ("var0", "var1"):
+        summary["runs"][key] = _fixture_run("mean-var", "1.5KB", int(key[-1]), 1e-2, reach_step=100, kl_max=18.0)
+    write_figures(summary, tmp_path)
+    conv = json.loads((tmp_path / "convergence.json").read_text())
+    assert conv["variants"]["mean-var"]["seeds_reaching_target"] == 0
+    assert conv["ratio_steps_mean_var_over_mean_kl"] is None
+    assert "not defined" in write_report(tmp_path, tmp_path).read_text()
+
+
+def test_report_without_json_says_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="convergence.json"):
+        write_report(tmp_path, tmp_path)
+
+
+# -- bad input --------------------------------------------------------------------------------------
+def test_unknown_preset_is_a_clear_error(tmp_path):
+    out = run_cli("study", "--preset", "huge", "--out", str(tmp_path / "s"))
+    assert out.returncode == 2 and "unknown study preset 'huge'" in out.stderr and "quick" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "s").exists()
+
+
+def test_budget_too_small_is_a_clear_error(tmp_path):
+    out = run_cli("study", "--preset", "quick", "--budget", "8bits", "--out", str(tmp_path / "s"))
+    assert out.returncode == 2 and "budget" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_output_directory_of_another_study_is_refused(tmp_path):
+    open_study(tmp_path / "s", FIXTURE_CONFIG, "fixture")
+    with pytest.raises(InvalidInput, match="different study"):
+        open_study(tmp_path / "s", FIXTURE_CONFIG.__class__(**{**FIXTURE_CONFIG.__dict__, "seeds": 3}), "fixture")
+    open_study(tmp_path / "s", FIXTURE_CONFIG, "fixture")  # the same study: fine, it resumes
+    out = run_cli("study", "--preset", "quick", "--out", str(tmp_path / "s"))
+    assert out.returncode == 2 and "holds a different study" in out.stderr
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidInput, match="not empty"):
+        open_study(tmp_path / "other", FIXTURE_CONFIG, "fixture")
+
+
+def test_check_config_rejects_an_unknown_model():
+    with pytest.raises(InvalidInput, match="unknown model"):
+        check_config(FIXTURE_CONFIG.__class__(**{**FIXTURE_CONFIG.__dict__, "model": "resnet"}))
+
+
+# -- real runs: tiny schedules -----------------------------------------------------------------
+TINY = StudyConfig(model="lenet5", dataset="mnist", budget="1.5KB", seeds=1, steps=6, eval_every=4,
+                   blocks_per_group=375, retrain_steps=2, eps_betas=(1e-2,), sweep_budgets=(),
+                   prune_fractions=(0.0, 0.9))
+
+
+def test_a_trial_run_is_reused_by_the_coded_run(tmp_path, mnist_root):
+    spec = RunSpec("mean-var", "1.5KB", 0, 1e-2, code=False)
+    trained = execute_run(TINY, spec, tmp_path, str(mnist_root))
+    assert [p["step"] for p in trained["curve"]] == [0, 4, 6]  # every 4 steps and at the end
+    assert trained["curve"][-1]["test_accuracy_sample"] == trained["final"]["test_accuracy_sample"]
+    run_dir = tmp_path / "runs" / spec.name
+    stamp = (run_dir / "trained.json").stat().st_mtime_ns
+    run = execute_run(TINY, RunSpec("mean-var", "1.5KB", 0, 1e-2, code=True), tmp_path, str(mnist_root))
+    assert (run_dir / "trained.json").stat().st_mtime_ns == stamp  # training was not repeated
+    assert run["size_bytes"] == (run_dir / "model.mrc").stat().st_size
+    assert [p["fraction"] for p in run["pruning"]] == [0.0, 0.9]
+    assert run["pruning"][0]["test_accuracy"] == run["decoded_test_accuracy"]
+
+
+def test_an_interrupted_training_resumes_with_its_curve(tmp_path, mnist_root):
+    spec = RunSpec("mean-kl", "1.5KB", 0, None, code=False)
+    whole = execute_run(TINY, spec, tmp_path / "whole", str(mnist_root))
+    # Interrupted after the checkpoint at step 4: the curve file is one step ahead of nothing.
+    part_dir = tmp_path / "part"
+    shutil.copytree(tmp_path / "whole", part_dir)
+    run_dir = part_dir / "runs" / spec.name
+    (run_dir / "trained.json").unlink()
+    from miracle.study.runner import _trainer  # the checkpoint at step 4, as a killed run leaves it
+    trainer = _trainer(TINY, spec, tmp_path / "scratch", str(mnist_root))
+    trainer.start()
+    trainer.train_until(4, progress=False)
+    trainer.save_checkpoint()
+    shutil.copy(tmp_path / "scratch" / "checkpoint.pt", run_dir / "checkpoint.pt")
+    curve = json.loads((run_dir / "curve.json").read_text())
+    (run_dir / "curve.json").write_text(json.dumps(curve[:2]))
+    resumed = execute_run(TINY, spec, part_dir, str(mnist_root))
+    def without_time(curve):  # wall time differs between runs; everything else must not
+        return [{k: v for k, v in p.items() if k != "seconds"} for p in curve]
+
+    assert without_time(resumed["curve"]) == without_time(whole["curve"])
+    assert resumed["final"] == whole["final"]
+
+
+def test_rerunning_a_finished_study_resumes_instead_of_starting_over(tmp_path, mnist_root):
+    out = tmp_path / "study"
+    first = run_study(TINY, out, "tiny", str(mnist_root), log=lambda m: None)
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")}
+    again = run_study(TINY, out, "tiny", str(mnist_root), log=lambda m: None)
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")} == stamps
+    assert again["runs"] == first["runs"]
+    assert again["seconds_this_invocation"] < first["seconds_this_invocation"]
+    assert (write_report(out / "json", out)).exists()
+
+
+@pytest.mark.slow
+def test_quick_preset_end_to_end(tmp_path, mnist_root):
+    out = run_cli("study", "--preset", "quick", "--out", str(tmp_path / "q"), "--jobs", "2", "--json",
+                  env={"MIRACLE_DATA": str(mnist_root)}, timeout=900)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    text = (tmp_path / "q" / "report.md").read_text()
+    assert summary["report"].endswith("report.md") and "## 5. Size against error" in text
+    compression = json.loads((tmp_path / "q" / "json" / "compression.json").read_text())
+    for variant in compression["variants"].values():
+        assert variant["size_bytes"]["max"] <= 1600 and len(variant["seeds"]) == 3
