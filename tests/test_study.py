@@ -63,13 +63,10 @@ def test_mean_and_spread():
     assert mean_and_spread([5.0])["std"] == 0.0
 
 
-def test_annealing_rate_choice_prefers_runs_within_budget():
-    def trial(acc, kl_max):
-        return {"final": {"test_accuracy_sample": acc}, "kl": {"kl_bits_per_block_max": kl_max}}
-
-    trials = {1e-3: trial(0.99, 20.0), 3e-3: trial(0.95, 16.2), 1e-2: trial(0.93, 16.0)}
-    assert choose_eps_beta(trials, 0.5, 16) == 3e-3  # the most accurate is over budget
-    assert choose_eps_beta({1e-3: trial(0.9, 30.0), 1e-2: trial(0.5, 18.0)}, 0.5, 16) == 1e-2
+def test_annealing_rate_choice_is_the_best_decoded_file():
+    trials = {1e-3: {"decoded_test_accuracy": 0.95}, 3e-3: {"decoded_test_accuracy": 0.97},
+              1e-2: {"decoded_test_accuracy": 0.11}}
+    assert choose_eps_beta(trials) == 3e-3
 
 
 # -- the report, from JSON alone -------------------------------------------------------------------
@@ -102,13 +99,14 @@ def _fixture_summary():
     for seed in (0, 1):
         runs[f"kl{seed}"] = _fixture_run("mean-kl", "1.5KB", seed, None, reach_step=100)
         runs[f"var{seed}"] = _fixture_run("mean-var", "1.5KB", seed, 1e-2, reach_step=200)
+    runs["var-trial"] = _fixture_run("mean-var", "1.5KB", 0, 1e-3, reach_step=400, kl_max=30.0)  # not chosen
     runs["kl-3KB"] = _fixture_run("mean-kl", "3KB", 0, None, 100)
     runs["var-3KB"] = _fixture_run("mean-var", "3KB", 0, 1e-2, 200)
     return {"preset": "fixture", "config": FIXTURE_CONFIG.to_dict(), "eps_beta_chosen": 1e-2,
             "annealing_trials": [{"eps_beta": 1e-3, "final": {"test_accuracy_mean": 0.9, "test_accuracy_sample": 0.8},
-                                  "kl_bits_per_block_max": 30.0, "train_seconds": 40.0},
+                                  "kl_bits_per_block_max": 30.0, "train_seconds": 40.0, "decoded_test_accuracy": 0.5},
                                  {"eps_beta": 1e-2, "final": {"test_accuracy_mean": 0.96, "test_accuracy_sample": 0.95},
-                                  "kl_bits_per_block_max": 16.0, "train_seconds": 40.0}],
+                                  "kl_bits_per_block_max": 16.0, "train_seconds": 40.0, "decoded_test_accuracy": 0.94}],
             "runs": runs, "budgets": ["1.5KB", "3KB"], "command": "fixture", "git_commit": "0" * 40,
             "date": "2026-11-24", "machine": "test"}
 
@@ -121,6 +119,7 @@ def test_report_is_built_from_the_json_files_alone(tmp_path):
     text = report.read_text()
     conv = json.loads((tmp_path / "json" / "convergence.json").read_text())
     assert conv["target_accuracy"] == pytest.approx(0.99 * 0.95)
+    assert [s["eps_beta"] for s in conv["variants"]["mean-var"]["seeds"]] == [1e-2, 1e-2]  # the trial of 1e-3 is out
     assert conv["ratio_steps_mean_var_over_mean_kl"] == pytest.approx(2.0)  # 200 steps vs 100
     assert "Steps-to-target ratio Mean-Var / Mean-KL: 2.00" in text
     assert "| Mean-KL | 1579 | 96.00 ± 0.00 | 95.00 ± 0.00 | 94.00 ± 0.00 |" in text

@@ -29,6 +29,14 @@ def _pyplot():
     return plt
 
 
+def _plain_log(axis) -> None:
+    """Log scale with plain numbers (1000, not 10^3) and no labels on minor ticks."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    axis.set_major_formatter(ScalarFormatter())
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _band(ax, xs_per_seed, ys_per_seed, colour, label):
     """Mean over seeds with a min-max band (seeds share their x positions)."""
     n = min(len(ys) for ys in ys_per_seed)
@@ -58,6 +66,7 @@ def plot_convergence(fig_json: dict, out: Path, x_key: str) -> None:
     ax_acc.set_ylim(max(min(lows) - 2, 0), 100)
     ax_obj.set(xlabel=x_label, ylabel="negative ELBO per example (nats)", title="Objective (window means)")
     ax_obj.set_yscale("log")
+    _plain_log(ax_obj.yaxis)
     for ax in (ax_acc, ax_obj):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -78,6 +87,7 @@ def plot_annealing(fig_json: dict, out: Path) -> None:
     ax_acc.set(xlabel="training steps", ylabel="test accuracy, posterior sample (%)", title="Mean-Var trials (seed 0)")
     ax_kl.set(xlabel="training steps", ylabel="largest block KL (bits)", title="Budget: largest block KL")
     ax_kl.set_yscale("log")
+    _plain_log(ax_kl.yaxis)
     for ax in (ax_acc, ax_kl):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -129,19 +139,24 @@ def plot_pruning(fig_json: dict, out: Path) -> None:
 
 def plot_size_vs_error(fig_json: dict, out: Path) -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for param in PARAMS:
         points = [p for p in fig_json["ours"] if p["param"] == param]
         ax.plot([p["size_bytes"] for p in points], [100 * p["test_error"] for p in points], marker="o",
                 color=COLOURS[param], label=f"{LABELS[param]} (our files, seed 0)")
-    for p in fig_json["published"]:
-        ax.scatter(p["size_bytes"], 100 * p["test_error"], marker="x", color="black")
-        ax.annotate(p["method"], (p["size_bytes"], 100 * p["test_error"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+    for p, marker in zip(fig_json["published"], "xs^vD"):
+        ax.scatter(p["size_bytes"], 100 * p["test_error"], marker=marker, color="black",
+                   label=f"{p['method']} (published)")
     ax.set_xscale("log")
-    ax.set(xlabel="size (bytes, log scale)", ylabel="test error (%)", title="Size against error")
+    ax.set_yscale("log")
+    _plain_log(ax.xaxis)
+    _plain_log(ax.yaxis)
+    sizes = [p["size_bytes"] for p in fig_json["ours"] + fig_json["published"]]
+    ax.set_xticks([t for t in (1000, 1500, 2000, 3000, 5000, 10000, 20000, 50000)
+                   if min(sizes) / 1.5 <= t <= max(sizes) * 1.5])
+    ax.set(xlabel="size (bytes, log scale)", ylabel="test error (%, log scale)", title="Size against error")
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -201,13 +216,13 @@ def write_markdown(figs: dict, out: Path) -> None:
         "",
         f"Rule: {ann['rule']}. Chosen: eps_beta = {ann['eps_beta_chosen']:g}.",
         "",
-        "| eps_beta | sample accuracy (%) | mean accuracy (%) | largest block KL (bits) | training seconds |",
-        "|---|---|---|---|---|",
+        "| eps_beta | sample accuracy (%) | mean accuracy (%) | largest block KL (bits) | decoded file (%) | training seconds |",
+        "|---|---|---|---|---|---|",
     ]
     for t in ann["trials"]:
         lines.append(f"| {t['eps_beta']:g} | {100 * t['final']['test_accuracy_sample']:.2f} | "
                      f"{100 * t['final']['test_accuracy_mean']:.2f} | {t['kl_bits_per_block_max']:.2f} | "
-                     f"{t['train_seconds']:.0f} |")
+                     f"{100 * t['decoded_test_accuracy']:.2f} | {t['train_seconds']:.0f} |")
     lines += [
         "",
         f"## 2. Accuracy after compression ({comp['budget']})",
