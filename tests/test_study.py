@@ -9,7 +9,7 @@ from conftest import run_cli
 from miracle.errors import InvalidInput
 from miracle.study import StudyConfig, run_study, write_report
 from miracle.study.figures import FIGURES, write_figures
-from miracle.study.runner import RunSpec, check_config, choose_eps_beta, execute_run, open_study
+from miracle.study.runner import RunSpec, _trainer, check_config, choose_mean_var, execute_run, open_study
 from miracle.study.stats import (excess_kurtosis, hill_tail_index, histogram, mean_and_spread,
                                  prune_by_magnitude)
 
@@ -63,34 +63,38 @@ def test_mean_and_spread():
     assert mean_and_spread([5.0])["std"] == 0.0
 
 
-def test_annealing_rate_choice_is_the_best_decoded_file():
-    trials = {1e-3: {"decoded_test_accuracy": 0.95}, 3e-3: {"decoded_test_accuracy": 0.97},
-              1e-2: {"decoded_test_accuracy": 0.11}}
-    assert choose_eps_beta(trials) == 3e-3
+def test_mean_var_choice_is_the_best_decoded_file():
+    trials = {RunSpec("mean-var", "1.5KB", 0, 1e-3): {"decoded_test_accuracy": 0.95},
+              RunSpec("mean-var", "1.5KB", 0, 3e-3, lr=1e-2): {"decoded_test_accuracy": 0.97},
+              RunSpec("mean-var", "1.5KB", 0, 1e-2): {"decoded_test_accuracy": 0.11}}
+    chosen = choose_mean_var(trials)
+    assert (chosen.eps_beta, chosen.effective_lr) == (3e-3, 1e-2)
+    assert RunSpec("mean-var", "1.5KB", 0, 1e-3).effective_lr == 1e-3  # the default, not in the name
+    assert chosen.name == "mean-var_1.5KB_lr0.01_eps0.003_seed0"
 
 
 # -- the report, from JSON alone -------------------------------------------------------------------
 FIXTURE_CONFIG = StudyConfig(model="lenet5", dataset="mnist", budget="1.5KB", seeds=2, steps=400, eval_every=100,
-                             blocks_per_group=25, retrain_steps=10, eps_betas=(1e-3, 1e-2), sweep_budgets=("3KB",),
+                             blocks_per_group=25, retrain_steps=10, eps_betas=(1e-3, 1e-2), mean_var_lrs=(1e-3,), sweep_budgets=("3KB",),
                              prune_fractions=(0.0, 0.5, 0.9))
 
 
-def _fixture_run(param, budget, seed, eps, reach_step, kl_max=16.0, code=True):
+def _fixture_run(param, budget, seed, eps, reach_step, kl_max=16.0):
     """A run whose sample accuracy jumps from 0.5 to 0.95 at ``reach_step``."""
     curve = [{"step": s, "seconds": s / 10, "test_accuracy_mean": 0.96,
               "test_accuracy_sample": 0.5 if s < reach_step else 0.95,
               "kl_bits_per_block_max": kl_max, "kl_bits_total": 12000.0} for s in range(0, 401, 100)]
     tail = {"excess_kurtosis": 1.0 + seed, "hill_tail_index": 3.0,
             "histogram": {"edges": [-1.0, 0.0, 1.0], "counts": [3, 5], "outside": 0}, "count": 8}
-    run = {"spec": {"param": param, "budget": budget, "seed": seed, "eps_beta": eps, "code": code},
+    lr = 3e-2 if param == "mean-kl" else 1e-3
+    run = {"spec": {"param": param, "budget": budget, "seed": seed, "eps_beta": eps, "lr": lr},
            "curve": curve, "objective": [{"step": s, "seconds": s / 10, "loss": 1.0, "negative_elbo": 1.0 / s,
                                           "blocks_over_budget": 0} for s in range(100, 401, 100)],
            "final": {"test_accuracy_mean": 0.96, "test_accuracy_sample": 0.95}, "step_ms": 100.0,
            "train_seconds": 40.0, "kl": {"kl_bits_per_block_max": kl_max},
            "tails": {q: tail for q in ("mu_over_s", "sigma_over_s", "kl_bits")}}
-    if code:
-        run.update(size_bytes=1579 if budget == "1.5KB" else 3079, decoded_test_accuracy=0.94, decoded_tails=tail,
-                   pruning=[{"fraction": f, "test_accuracy": 0.94 - f / 2} for f in (0.0, 0.5, 0.9)])
+    run.update(size_bytes=1579 if budget == "1.5KB" else 3079, decoded_test_accuracy=0.94, decoded_tails=tail,
+               pruning=[{"fraction": f, "test_accuracy": 0.94 - f / 2} for f in (0.0, 0.5, 0.9)])
     return run
 
 
@@ -102,10 +106,11 @@ def _fixture_summary():
     runs["var-trial"] = _fixture_run("mean-var", "1.5KB", 0, 1e-3, reach_step=400, kl_max=30.0)  # not chosen
     runs["kl-3KB"] = _fixture_run("mean-kl", "3KB", 0, None, 100)
     runs["var-3KB"] = _fixture_run("mean-var", "3KB", 0, 1e-2, 200)
-    return {"preset": "fixture", "config": FIXTURE_CONFIG.to_dict(), "eps_beta_chosen": 1e-2,
-            "annealing_trials": [{"eps_beta": 1e-3, "final": {"test_accuracy_mean": 0.9, "test_accuracy_sample": 0.8},
+    return {"preset": "fixture", "config": FIXTURE_CONFIG.to_dict(), "mean_var_chosen": {"lr": 1e-3, "eps_beta": 1e-2},
+            "lr": {"mean-kl": 3e-2, "mean-var": 1e-3},
+            "annealing_trials": [{"lr": 1e-3, "eps_beta": 1e-3, "final": {"test_accuracy_mean": 0.9, "test_accuracy_sample": 0.8},
                                   "kl_bits_per_block_max": 30.0, "train_seconds": 40.0, "decoded_test_accuracy": 0.5},
-                                 {"eps_beta": 1e-2, "final": {"test_accuracy_mean": 0.96, "test_accuracy_sample": 0.95},
+                                 {"lr": 1e-3, "eps_beta": 1e-2, "final": {"test_accuracy_mean": 0.96, "test_accuracy_sample": 0.95},
                                   "kl_bits_per_block_max": 16.0, "train_seconds": 40.0, "decoded_test_accuracy": 0.94}],
             "runs": runs, "budgets": ["1.5KB", "3KB"], "command": "fixture", "git_commit": "0" * 40,
             "date": "2026-11-24", "machine": "test"}
@@ -159,12 +164,12 @@ def test_budget_too_small_is_a_clear_error(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_output_directory_of_another_study_is_refused(tmp_path):
+def test_output_directory_of_another_study_is_refused(tmp_path, mnist_root):
     open_study(tmp_path / "s", FIXTURE_CONFIG, "fixture")
     with pytest.raises(InvalidInput, match="different study"):
         open_study(tmp_path / "s", FIXTURE_CONFIG.__class__(**{**FIXTURE_CONFIG.__dict__, "seeds": 3}), "fixture")
     open_study(tmp_path / "s", FIXTURE_CONFIG, "fixture")  # the same study: fine, it resumes
-    out = run_cli("study", "--preset", "quick", "--out", str(tmp_path / "s"))
+    out = run_cli("study", "--preset", "quick", "--out", str(tmp_path / "s"), env={"MIRACLE_DATA": str(mnist_root)})
     assert out.returncode == 2 and "holds a different study" in out.stderr
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
@@ -179,33 +184,42 @@ def test_check_config_rejects_an_unknown_model():
 
 # -- real runs: tiny schedules -----------------------------------------------------------------
 TINY = StudyConfig(model="lenet5", dataset="mnist", budget="1.5KB", seeds=1, steps=6, eval_every=4,
-                   blocks_per_group=375, retrain_steps=2, eps_betas=(1e-2,), sweep_budgets=(),
+                   blocks_per_group=375, retrain_steps=2, eps_betas=(1e-2,), mean_var_lrs=(1e-3,), sweep_budgets=(),
                    prune_fractions=(0.0, 0.9))
 
 
-def test_a_trial_run_is_reused_by_the_coded_run(tmp_path, mnist_root):
-    spec = RunSpec("mean-var", "1.5KB", 0, 1e-2, code=False)
-    trained = execute_run(TINY, spec, tmp_path, str(mnist_root))
-    assert [p["step"] for p in trained["curve"]] == [0, 4, 6]  # every 4 steps and at the end
-    assert trained["curve"][-1]["test_accuracy_sample"] == trained["final"]["test_accuracy_sample"]
+def test_a_run_killed_after_training_codes_without_training_again(tmp_path, mnist_root):
+    spec = RunSpec("mean-var", "1.5KB", 0, 1e-2)
+    run = execute_run(TINY, spec, tmp_path, str(mnist_root))
     run_dir = tmp_path / "runs" / spec.name
-    stamp = (run_dir / "trained.json").stat().st_mtime_ns
-    run = execute_run(TINY, RunSpec("mean-var", "1.5KB", 0, 1e-2, code=True), tmp_path, str(mnist_root))
-    assert (run_dir / "trained.json").stat().st_mtime_ns == stamp  # training was not repeated
+    assert [p["step"] for p in run["curve"]] == [0, 4, 6]  # every 4 steps and at the end
+    assert run["curve"][-1]["test_accuracy_sample"] == run["final"]["test_accuracy_sample"]
     assert run["size_bytes"] == (run_dir / "model.mrc").stat().st_size
     assert [p["fraction"] for p in run["pruning"]] == [0.0, 0.9]
     assert run["pruning"][0]["test_accuracy"] == run["decoded_test_accuracy"]
+    # As a kill during coding leaves it: trained, checkpoint at the end of training, no file.
+    original = (run_dir / "model.mrc").read_bytes()
+    trainer = _trainer(TINY, spec, tmp_path / "scratch", str(mnist_root))
+    trainer.run(progress=False)
+    shutil.copy(tmp_path / "scratch" / "checkpoint.pt", run_dir / "checkpoint.pt")
+    (run_dir / "run.json").unlink()
+    (run_dir / "model.mrc").unlink()
+    stamp = (run_dir / "trained.json").stat().st_mtime_ns
+    again = execute_run(TINY, spec, tmp_path, str(mnist_root))
+    assert (run_dir / "trained.json").stat().st_mtime_ns == stamp  # training was not repeated
+    assert (run_dir / "model.mrc").read_bytes() == original
+    assert again["decoded_test_accuracy"] == run["decoded_test_accuracy"]
 
 
 def test_an_interrupted_training_resumes_with_its_curve(tmp_path, mnist_root):
-    spec = RunSpec("mean-kl", "1.5KB", 0, None, code=False)
+    spec = RunSpec("mean-kl", "1.5KB", 0, None)
     whole = execute_run(TINY, spec, tmp_path / "whole", str(mnist_root))
-    # Interrupted after the checkpoint at step 4: the curve file is one step ahead of nothing.
+    # As a run killed during training leaves it: the checkpoint of step 4, the curve up to it.
     part_dir = tmp_path / "part"
     shutil.copytree(tmp_path / "whole", part_dir)
     run_dir = part_dir / "runs" / spec.name
-    (run_dir / "trained.json").unlink()
-    from miracle.study.runner import _trainer  # the checkpoint at step 4, as a killed run leaves it
+    for name in ("trained.json", "run.json", "model.mrc"):
+        (run_dir / name).unlink()
     trainer = _trainer(TINY, spec, tmp_path / "scratch", str(mnist_root))
     trainer.start()
     trainer.train_until(4, progress=False)
@@ -214,11 +228,13 @@ def test_an_interrupted_training_resumes_with_its_curve(tmp_path, mnist_root):
     curve = json.loads((run_dir / "curve.json").read_text())
     (run_dir / "curve.json").write_text(json.dumps(curve[:2]))
     resumed = execute_run(TINY, spec, part_dir, str(mnist_root))
+
     def without_time(curve):  # wall time differs between runs; everything else must not
         return [{k: v for k, v in p.items() if k != "seconds"} for p in curve]
 
     assert without_time(resumed["curve"]) == without_time(whole["curve"])
     assert resumed["final"] == whole["final"]
+    assert (run_dir / "model.mrc").read_bytes() == (tmp_path / "whole" / "runs" / spec.name / "model.mrc").read_bytes()
 
 
 def test_rerunning_a_finished_study_resumes_instead_of_starting_over(tmp_path, mnist_root):

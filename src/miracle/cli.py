@@ -241,7 +241,7 @@ def cmd_study(args) -> dict:
     log = (lambda msg: None) if args.json else print
     summary = run_study(config, out, args.preset, args.data_dir, args.jobs, log)
     report = write_report(out / "json", out)
-    return {"report": str(report), "json": str(out / "json"), "eps_beta_chosen": summary["eps_beta_chosen"],
+    return {"report": str(report), "json": str(out / "json"), "mean_var_chosen": summary["mean_var_chosen"],
             "seconds_this_invocation": summary["seconds_this_invocation"]}
 
 

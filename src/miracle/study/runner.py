@@ -9,9 +9,10 @@ An output directory holds one study::
                                trained.json (the posterior before coding), run.json (done)
     OUT/json/*.json            the figures, computed from the run files (see figures.py)
 
-Mean-Var's annealing rate is tuned first: every rate of the preset is trained and coded with
-seed 0, and the rate whose file decodes best is used for the other seeds and budgets (its
-trial is the seed-0 run of the comparison).
+Mean-Var is tuned first: every pair of learning rate and annealing rate of the preset is
+trained and coded with seed 0, and the pair whose file decodes best is used for the other
+seeds and budgets (its trial is the seed-0 run of the comparison). Mean-KL has nothing to
+anneal and keeps its default learning rate.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
@@ -35,7 +36,7 @@ from ..models import create_model, get_model_spec, model_names
 from ..posteriors import LN2, kl_nats
 from ..progressive import CodingConfig
 from ..provenance import provenance
-from ..training import METRICS_NAME, TrainConfig, Trainer, accuracy, evaluate_posterior
+from ..training import DEFAULT_LR, METRICS_NAME, TrainConfig, Trainer, accuracy, evaluate_posterior
 from ..units import parse_budget_bits
 from ..variational import VariationalConfig, VariationalModel, select_parameters
 from .stats import prune_by_magnitude, tail_summary
@@ -54,6 +55,7 @@ class StudyConfig:
     blocks_per_group: int
     retrain_steps: int
     eps_betas: tuple[float, ...]  # Mean-Var annealing rates tried
+    mean_var_lrs: tuple[float, ...]  # Mean-Var learning rates tried (Mean-KL keeps its default)
     sweep_budgets: tuple[str, ...]  # further budgets for size against error (seed 0)
     prune_fractions: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
     target_fraction: float = 0.99  # convergence target: this fraction of the better final accuracy
@@ -68,9 +70,10 @@ class StudyConfig:
 PRESETS = {
     # Minutes, not hours: the slow integration test's preset. Short schedules, big coding groups.
     "quick": StudyConfig(model="lenet5", dataset="mnist", budget="1.5KB", seeds=3, steps=600, eval_every=100,
-                         blocks_per_group=125, retrain_steps=10, eps_betas=(1e-3, 1e-2), sweep_budgets=("3KB",)),
+                         blocks_per_group=125, retrain_steps=10, eps_betas=(1e-2,), mean_var_lrs=(1e-3, 1e-2),
+                         sweep_budgets=("3KB",)),
     "full": StudyConfig(model="lenet5", dataset="mnist", budget="1.5KB", seeds=3, steps=4000, eval_every=250,
-                        blocks_per_group=25, retrain_steps=50, eps_betas=(1e-3, 3e-3, 1e-2),
+                        blocks_per_group=25, retrain_steps=50, eps_betas=(1e-3, 3e-3, 1e-2), mean_var_lrs=(1e-3, 1e-2),
                         sweep_budgets=("1KB", "2KB", "3KB")),
 }
 
@@ -81,12 +84,17 @@ class RunSpec:
     budget: str
     seed: int
     eps_beta: float | None  # Mean-Var only
-    code: bool  # False: train only (an annealing-rate trial)
+    lr: float | None = None  # None: the parameterisation's default (DEFAULT_LR)
 
     @property
     def name(self) -> str:
+        lr = f"_lr{self.lr:g}" if self.lr is not None else ""
         eps = f"_eps{self.eps_beta:g}" if self.eps_beta is not None else ""
-        return f"{self.param}_{self.budget}{eps}_seed{self.seed}"
+        return f"{self.param}_{self.budget}{lr}{eps}_seed{self.seed}"
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.param]
 
 
 def get_preset(name: str) -> StudyConfig:
@@ -151,7 +159,7 @@ def _trainer(config: StudyConfig, spec: RunSpec, run_dir: Path, data_dir) -> Tra
         group_sizes=get_model_spec(config.model).group_sizes, hash_seed=spec.seed, partition_seed=spec.seed,
         **({"eps_beta": spec.eps_beta} if spec.eps_beta is not None else {}),
     )
-    tconfig = TrainConfig(steps=config.steps, seed=spec.seed, checkpoint_every=config.eval_every)
+    tconfig = TrainConfig(steps=config.steps, seed=spec.seed, lr=spec.lr, checkpoint_every=config.eval_every)
     vmodel = VariationalModel(create_model(config.model, spec.seed), vconfig)
     return Trainer(vmodel, _split(config.dataset, "train", data_dir), tconfig, run_dir,
                    {"model": config.model, "dataset": config.dataset,
@@ -234,9 +242,9 @@ def _pruning_curve(model: torch.nn.Module, test, fractions) -> list[dict]:
 
 def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | None = None,
                 progress: bool = False) -> dict:
-    """Train (and, for ``spec.code``, code, decode and analyse) one run; resumable."""
+    """Train, code, decode and analyse one run; resumable at every stage."""
     run_dir = out / "runs" / spec.name
-    done = run_dir / ("run.json" if spec.code else "trained.json")
+    done = run_dir / "run.json"
     if done.exists():
         return json.loads(done.read_text())
     test = _split(config.dataset, "test", data_dir)
@@ -254,8 +262,6 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
             "tails": _posterior_tails(trainer.vmodel), "kl": trainer.vmodel.kl_summary(),
         }
         _write_json(trained_path, trained)
-    if not spec.code:
-        return trained
     start = time.perf_counter()
     mrc = run_dir / "model.mrc"
     result = run_compression(trainer, _coding_config(config, spec.seed), mrc, config.model, progress)
@@ -307,11 +313,12 @@ def _done_line(spec: RunSpec, result: dict) -> str:
     return line
 
 
-def choose_eps_beta(trials: dict[float, dict]) -> float:
-    """The annealing rate whose seed-0 file decodes to the best test accuracy: the end-to-end
-    criterion. (Choosing by the budget alone picks collapsed runs: a rate fast enough to meet
-    the budget in a short schedule can drive the network to chance.)"""
-    return max(trials, key=lambda eps: trials[eps]["decoded_test_accuracy"])
+def choose_mean_var(trials: dict[RunSpec, dict]) -> RunSpec:
+    """The Mean-Var trial (learning rate and annealing rate) whose seed-0 file decodes to the
+    best test accuracy: the end-to-end criterion. (Choosing by the budget alone picks collapsed
+    runs: a rate fast enough to meet the budget in a short schedule can drive the network to
+    chance.)"""
+    return max(trials, key=lambda spec: trials[spec]["decoded_test_accuracy"])
 
 
 def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None = None, jobs: int = 1,
@@ -325,21 +332,25 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
     started = time.perf_counter()
     seeds = range(config.seeds)
     budgets = (config.budget, *config.sweep_budgets)
-    trials = [RunSpec("mean-var", config.budget, 0, eps, code=True) for eps in config.eps_betas]
-    mean_kl = [RunSpec("mean-kl", config.budget, seed, None, True) for seed in seeds]
-    mean_kl += [RunSpec("mean-kl", budget, 0, None, True) for budget in config.sweep_budgets]
-    log(f"study {preset}: {len(trials)} Mean-Var annealing trials and {len(mean_kl)} Mean-KL runs")
+    default_lr = DEFAULT_LR["mean-var"]
+    trials = [RunSpec("mean-var", config.budget, 0, eps, None if lr == default_lr else lr)
+              for lr in config.mean_var_lrs for eps in config.eps_betas]
+    mean_kl = [RunSpec("mean-kl", config.budget, seed, None) for seed in seeds]
+    mean_kl += [RunSpec("mean-kl", budget, 0, None) for budget in config.sweep_budgets]
+    log(f"study {preset}: {len(trials)} Mean-Var trials (learning and annealing rates) and {len(mean_kl)} Mean-KL runs")
     first = _run_all(config, trials + mean_kl, out, data_dir, jobs, log)
-    eps = choose_eps_beta({t.eps_beta: first[t] for t in trials})
-    log(f"Mean-Var annealing rate chosen: {eps:g}")
-    mean_var = [RunSpec("mean-var", config.budget, seed, eps, True) for seed in seeds if seed != 0]
-    mean_var += [RunSpec("mean-var", budget, 0, eps, True) for budget in config.sweep_budgets]
+    chosen = choose_mean_var({t: first[t] for t in trials})
+    log(f"Mean-Var setting chosen: learning rate {chosen.effective_lr:g}, annealing rate {chosen.eps_beta:g}")
+    mean_var = [replace(chosen, seed=seed) for seed in seeds if seed != 0]
+    mean_var += [replace(chosen, budget=budget) for budget in config.sweep_budgets]
     second = _run_all(config, mean_var, out, data_dir, jobs, log)
-    runs = {**first, **second}  # the trials include the seed-0 run of every rate
+    runs = {**first, **second}  # the trials include the seed-0 run of every setting
     summary = {
-        "preset": preset, "config": config.to_dict(), "eps_beta_chosen": eps,
-        "annealing_trials": [{"eps_beta": t.eps_beta, **_trial_summary(runs[t])} for t in trials],
-        "runs": {spec.name: {**runs[spec], "spec": asdict(spec)} for spec in runs},
+        "preset": preset, "config": config.to_dict(),
+        "mean_var_chosen": {"lr": chosen.effective_lr, "eps_beta": chosen.eps_beta},
+        "lr": {"mean-kl": DEFAULT_LR["mean-kl"], "mean-var": chosen.effective_lr},
+        "annealing_trials": [{"lr": t.effective_lr, "eps_beta": t.eps_beta, **_trial_summary(runs[t])} for t in trials],
+        "runs": {spec.name: {**runs[spec], "spec": {**asdict(spec), "lr": spec.effective_lr}} for spec in runs},
         "budgets": list(budgets),
         "seconds_this_invocation": round(time.perf_counter() - started, 1),
         **provenance(),
@@ -353,4 +364,4 @@ def _trial_summary(run: dict) -> dict:
             "train_seconds": run["train_seconds"], "decoded_test_accuracy": run["decoded_test_accuracy"]}
 
 
-__all__ = ["PRESETS", "StudyConfig", "RunSpec", "get_preset", "run_study", "execute_run", "choose_eps_beta"]
+__all__ = ["PRESETS", "StudyConfig", "RunSpec", "get_preset", "run_study", "execute_run", "choose_mean_var"]
