@@ -195,7 +195,7 @@ def write_markdown(figs: dict, out: Path) -> None:
         f"({conv['target_fraction']:g} of the better final mean). {conv['note']}.",
         "",
         "| variant | final sample accuracy (%) | seeds reaching target | steps to target | seconds to target | ms/step |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|",
     ]
     for param in PARAMS:
         v = conv["variants"][param]
