@@ -335,12 +335,18 @@ def test_mismatched_shapes():
         encode(mu[:, :0], sigma[:, :0], s[:, :0], 8, 0)
 
 
+def _ok_with(name: str, position: tuple[int, int], value: float) -> dict:
+    """Valid (mu, sigma, s) by name, with one entry of ``name`` replaced."""
+    values = dict(zip(("mu", "sigma", "s"), _ok()))
+    values[name] = values[name].clone()
+    values[name][position] = value
+    return values
+
+
 @pytest.mark.parametrize("name", ["mu", "sigma", "s"])
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite(name, bad):
-    values = dict(zip(("mu", "sigma", "s"), _ok()))
-    values[name] = values[name].clone()
-    values[name][1, 2] = bad
+    values = _ok_with(name, (1, 2), bad)
     with pytest.raises(InvalidInput, match=f"{name} contains NaN or inf"):
         encode(values["mu"], values["sigma"], values["s"], 8, 0)
     if name == "s":
@@ -351,9 +357,7 @@ def test_non_finite(name, bad):
 @pytest.mark.parametrize("name", ["sigma", "s"])
 @pytest.mark.parametrize("bad", [0.0, -1.0])
 def test_non_positive_scales(name, bad):
-    values = dict(zip(("mu", "sigma", "s"), _ok()))
-    values[name] = values[name].clone()
-    values[name][0, 1] = bad
+    values = _ok_with(name, (0, 1), bad)
     with pytest.raises(InvalidInput, match=f"{name} must be > 0"):
         encode(values["mu"], values["sigma"], values["s"], 8, 0)
 

@@ -112,7 +112,7 @@ def _fixture_summary():
                                   "kl_bits_per_block_max": 30.0, "train_seconds": 40.0, "decoded_test_accuracy": 0.5},
                                  {"lr": 1e-3, "eps_beta": 1e-2, "final": {"test_accuracy_mean": 0.96, "test_accuracy_sample": 0.95},
                                   "kl_bits_per_block_max": 16.0, "train_seconds": 40.0, "decoded_test_accuracy": 0.94}],
-            "runs": runs, "budgets": ["1.5KB", "3KB"], "command": "fixture", "git_commit": "0" * 40,
+            "runs": runs, "command": "fixture", "git_commit": "0" * 40,
             "date": "2026-11-24", "machine": "test"}
 
 

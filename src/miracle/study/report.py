@@ -29,6 +29,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, axes, out: Path, legend_fontsize=None) -> None:
+    """The finish every plot shares: light grid, legend, tight layout, one PNG."""
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=legend_fontsize)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    _pyplot().close(fig)
+
+
 def _plain_log(axis) -> None:
     """Log scale with plain numbers (1000, not 10^3) and no labels on minor ticks."""
     from matplotlib.ticker import NullFormatter, ScalarFormatter
@@ -49,8 +59,7 @@ def _band(ax, xs_per_seed, ys_per_seed, colour, label):
 
 
 def plot_convergence(fig_json: dict, out: Path, x_key: str) -> None:
-    plt = _pyplot()
-    fig, (ax_acc, ax_obj) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_acc, ax_obj) = _pyplot().subplots(1, 2, figsize=(11, 4))
     for param in PARAMS:
         seeds = fig_json["variants"][param]["seeds"]
         label = f"{LABELS[param]} ({len(seeds)} seeds)"
@@ -65,17 +74,11 @@ def plot_convergence(fig_json: dict, out: Path, x_key: str) -> None:
             for p in s["curve"][len(s["curve"]) // 4:]]
     ax_acc.set_ylim(max(min(lows) - 2, 0), 100)
     ax_obj.set(xlabel=x_label, ylabel="negative ELBO per example (nats)", title="Objective (window means)")
-    for ax in (ax_acc, ax_obj):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, (ax_acc, ax_obj), out)
 
 
 def plot_annealing(fig_json: dict, out: Path) -> None:
-    plt = _pyplot()
-    fig, (ax_acc, ax_kl) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_acc, ax_kl) = _pyplot().subplots(1, 2, figsize=(11, 4))
     for trial in fig_json["trials"]:
         chosen = (trial["lr"], trial["eps_beta"]) == (fig_json["chosen"]["lr"], fig_json["chosen"]["eps_beta"])
         label = f"lr {trial['lr']:g}, eps_beta {trial['eps_beta']:g}" + (" (chosen)" if chosen else "")
@@ -87,17 +90,11 @@ def plot_annealing(fig_json: dict, out: Path) -> None:
     ax_kl.set(xlabel="training steps", ylabel="largest block KL (bits)", title="Budget: largest block KL")
     ax_kl.set_yscale("log")
     _plain_log(ax_kl.yaxis)
-    for ax in (ax_acc, ax_kl):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, (ax_acc, ax_kl), out)
 
 
 def plot_tails(fig_json: dict, out: Path) -> None:
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(TAIL_QUANTITIES), figsize=(16, 3.8))
+    fig, axes = _pyplot().subplots(1, len(TAIL_QUANTITIES), figsize=(16, 3.8))
     for ax, quantity in zip(axes, TAIL_QUANTITIES):
         for param in PARAMS:
             entry = fig_json["variants"][param][quantity]
@@ -110,16 +107,11 @@ def plot_tails(fig_json: dict, out: Path) -> None:
                       label=f"{LABELS[param]} (kurtosis {kurt:.1f})")
         ax.set(title=TAIL_TITLES[quantity], xlabel=TAIL_TITLES[quantity], ylabel="density (log scale)")
         ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, axes, out, legend_fontsize=8)
 
 
 def plot_pruning(fig_json: dict, out: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
     xs = [100 * f for f in fig_json["fractions"]]
     for param in PARAMS:
         by_fraction = fig_json["variants"][param]["by_fraction"]
@@ -129,16 +121,11 @@ def plot_pruning(fig_json: dict, out: Path) -> None:
                         color=COLOURS[param], alpha=0.2)
     ax.set(xlabel="weights pruned (%, global magnitude, no retraining)", ylabel="test accuracy (%)",
            title="Pruning the decoded weights")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, [ax], out)
 
 
 def plot_size_vs_error(fig_json: dict, out: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     for param in PARAMS:
         points = [p for p in fig_json["ours"] if p["param"] == param]
         ax.plot([p["size_bytes"] for p in points], [100 * p["test_error"] for p in points], marker="o",
@@ -154,11 +141,7 @@ def plot_size_vs_error(fig_json: dict, out: Path) -> None:
     ax.set_xticks([t for t in (1000, 1500, 2000, 3000, 5000, 10000, 20000, 50000)
                    if min(sizes) / 1.5 <= t <= max(sizes) * 1.5])
     ax.set(xlabel="size (bytes, log scale)", ylabel="test error (%, log scale)", title="Size against error")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, [ax], out, legend_fontsize=8)
 
 
 def _pct(stat: dict | None) -> str:

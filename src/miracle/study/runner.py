@@ -331,7 +331,6 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
     open_study(out, config, preset)
     started = time.perf_counter()
     seeds = range(config.seeds)
-    budgets = (config.budget, *config.sweep_budgets)
     default_lr = DEFAULT_LR["mean-var"]
     trials = [RunSpec("mean-var", config.budget, 0, eps, None if lr == default_lr else lr)
               for lr in config.mean_var_lrs for eps in config.eps_betas]
@@ -351,7 +350,6 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
         "lr": {"mean-kl": DEFAULT_LR["mean-kl"], "mean-var": chosen.effective_lr},
         "annealing_trials": [{"lr": t.effective_lr, "eps_beta": t.eps_beta, **_trial_summary(runs[t])} for t in trials],
         "runs": {spec.name: {**runs[spec], "spec": {**asdict(spec), "lr": spec.effective_lr}} for spec in runs},
-        "budgets": list(budgets),
         "seconds_this_invocation": round(time.perf_counter() - started, 1),
         **provenance(),
     }
