@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from miracle.blocks import BlockLayout
-from miracle.posteriors import LN2, MeanKL, MeanVar, kl_nats, mean_kl_to_mean_std
+from miracle.posteriors import LN2, MeanKL, MeanVar, free_mean_to_mean_std, kl_nats, mean_kl_to_mean_std
 
 
 def test_mean_kl_reproduces_its_kl_on_a_wide_grid():
@@ -29,28 +29,66 @@ def _layout(num_free=103, num_blocks=7, seed=0):
     return BlockLayout({"w": (num_free,)}, {}, num_blocks, seed, seed)
 
 
-def test_mean_kl_blocks_cost_exactly_their_budget_and_padding_costs_nothing():
-    layout = _layout()
-    s = torch.full((layout.num_blocks, layout.block_dim), 0.3)
-    post = MeanKL(layout, 16, torch.randn(s.shape, generator=torch.Generator().manual_seed(1)) * 0.2, s)
+def _randomised_mean_kl(layout, s, form, **kwargs):
+    post = MeanKL(layout, 16, torch.randn(s.shape, generator=torch.Generator().manual_seed(1)) * 0.2, s,
+                  form=form, **kwargs)
     with torch.no_grad():
         post.kl_logits.normal_(0, 3, generator=torch.Generator().manual_seed(2))
-        post.mean_logits.normal_(0, 5, generator=torch.Generator().manual_seed(3))
+        means = post.mean if form == "free-mean" else post.mean_logits
+        means.normal_(0, 5, generator=torch.Generator().manual_seed(3))  # far beyond any bound
+    return post
+
+
+def _block_kl_bits(post, s):
     mu, sigma = post.mean_std(s)
-    kl_bits = kl_nats(mu.double(), sigma.double(), s.double()) / LN2
+    return kl_nats(mu.double(), sigma.double(), s.double()) / LN2
+
+
+@pytest.mark.parametrize("form", MeanKL.FORMS)
+def test_mean_kl_blocks_cost_exactly_their_budget_and_padding_costs_nothing(form):
+    layout = _layout()
+    s = torch.full((layout.num_blocks, layout.block_dim), 0.3)
+    kl_bits = _block_kl_bits(_randomised_mean_kl(layout, s, form), s)
     torch.testing.assert_close(kl_bits.sum(1), torch.full((layout.num_blocks,), 16.0, dtype=torch.float64), atol=1e-3, rtol=0)
     assert torch.all(kl_bits[~layout.is_real] == 0)
 
 
-def test_mean_kl_margin_sets_a_lower_kl():
+@pytest.mark.parametrize("form", MeanKL.FORMS)
+def test_mean_kl_margin_sets_a_lower_kl(form):
     layout = _layout()
     s = torch.ones(layout.num_blocks, layout.block_dim)
-    post = MeanKL(layout, 16, torch.zeros_like(s), s, kl_bits=14.5)
-    mu, sigma = post.mean_std(s)
-    torch.testing.assert_close((kl_nats(mu.double(), sigma.double(), s.double()) / LN2).sum(1),
+    post = MeanKL(layout, 16, torch.zeros_like(s), s, kl_bits=14.5, form=form)
+    torch.testing.assert_close(_block_kl_bits(post, s).sum(1),
                                torch.full((layout.num_blocks,), 14.5, dtype=torch.float64), atol=1e-3, rtol=0)
     with pytest.raises(ValueError):
-        MeanKL(layout, 16, torch.zeros_like(s), s, kl_bits=17)
+        MeanKL(layout, 16, torch.zeros_like(s), s, kl_bits=17, form=form)
+    with pytest.raises(ValueError, match="form"):
+        MeanKL(layout, 16, torch.zeros_like(s), s, form="free")
+
+
+def test_free_mean_keeps_affordable_means_and_scales_down_the_rest():
+    layout = _layout()
+    s = torch.full((layout.num_blocks, layout.block_dim), 0.5)
+    budget = 16 * LN2
+    small = torch.full_like(s, 0.1)  # costs 0.02 nats a weight: affordable
+    mu, sigma = free_mean_to_mean_std(small, torch.zeros_like(s), budget, s, layout.is_real, 0.95)
+    torch.testing.assert_close(mu[layout.is_real], small[layout.is_real])
+    assert torch.all(sigma[layout.is_real] < s[layout.is_real])  # what is left narrows every weight
+    large = torch.full_like(s, 3.0)  # 18 nats a weight: far over the budget
+    mu, sigma = free_mean_to_mean_std(large, torch.zeros_like(s), budget, s, layout.is_real, 0.95)
+    mean_cost = torch.where(layout.is_real, (mu.double() / s) ** 2 / 2, 0.0).sum(1)
+    torch.testing.assert_close(mean_cost, torch.full_like(mean_cost, 0.95 * budget))
+    assert torch.all(mu[layout.is_real] > 0)  # scaled, not clipped: the signs and ratios stay
+
+
+def test_free_mean_gradient_is_exact():
+    layout = _layout(num_free=10, num_blocks=2)
+    shape = (layout.num_blocks, layout.block_dim)
+    mean = (torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)).requires_grad_()
+    logits = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).requires_grad_()
+    s = torch.full(shape, 0.7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda m, l, sc: free_mean_to_mean_std(m, l, 3.0, sc, layout.is_real, 0.95), (mean, logits, s))
 
 
 def test_mean_var_annealing_moves_beta_the_right_way():

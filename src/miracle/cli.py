@@ -13,7 +13,7 @@ from .compress import check_writable, decompress, run_compression, work_dir_for
 from .errors import MiracleError
 from .fileformat import FORMAT_VERSION, byte_breakdown, read_mrc
 from .models import create_model, get_model_spec, model_names
-from .posteriors import POSTERIORS
+from .posteriors import POSTERIORS, MeanKL
 from .progressive import CodingConfig
 from .provenance import provenance
 from .training import TrainConfig, Trainer, accuracy, evaluate_posterior, load_checkpoint, save_atomic
@@ -32,6 +32,8 @@ def _variational_options(p: argparse.ArgumentParser, required: bool = True) -> N
     p.add_argument("--bits-per-block", type=int, default=16, help="C_loc, 1..24 (default 16)")
     p.add_argument("--no-hashing", action="store_true", help="one free variable per weight")
     p.add_argument("--kl-bits", type=float, default=None, help="Mean-KL: KL per block (default: bits per block)")
+    p.add_argument("--mean-kl-form", default=VariationalConfig.mean_kl_form, choices=MeanKL.FORMS,
+                   help="Mean-KL: how a block's KL is split (default free-mean; see the README)")
     p.add_argument("--beta-initial", type=float, default=VariationalConfig.beta_initial, help="Mean-Var: initial beta")
     p.add_argument("--eps-beta", type=float, default=VariationalConfig.eps_beta, help="Mean-Var: annealing rate")
     p.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps before coding")
@@ -59,7 +61,7 @@ def _configs(args) -> tuple[VariationalConfig, TrainConfig]:
     vconfig = VariationalConfig(
         budget_bits=parse_budget_bits(args.budget), param=args.param, bits_per_block=args.bits_per_block,
         group_sizes={} if args.no_hashing else spec.group_sizes, hash_seed=args.seed,
-        partition_seed=args.seed, kl_bits=args.kl_bits, beta_initial=args.beta_initial, eps_beta=args.eps_beta,
+        partition_seed=args.seed, kl_bits=args.kl_bits, mean_kl_form=args.mean_kl_form, beta_initial=args.beta_initial, eps_beta=args.eps_beta,
     )
     tconfig = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           lr_schedule=args.lr_schedule, seed=args.seed)
@@ -131,7 +133,7 @@ def _compress_setup(args):
 def cmd_compress(args) -> dict:
     model_name, dataset, vconfig, tconfig, start_from = _compress_setup(args)
     coding = CodingConfig(args.blocks_per_group, args.retrain_steps, args.rule, coder_seed=tconfig.seed,
-                          sender_seed=tconfig.seed)
+                          sender_seed=tconfig.seed, retrain_lr=args.retrain_lr)
     train_split = data_module.load(dataset, "train", args.data_dir)
     test_split = data_module.load(dataset, "test", args.data_dir)
     model = create_model(model_name, tconfig.seed)
@@ -266,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="checkpoint, metrics and summary of the run (default: OUTPUT.work)")
     compress.add_argument("--blocks-per-group", type=int, default=CodingConfig.blocks_per_group)
     compress.add_argument("--retrain-steps", type=int, default=CodingConfig.retrain_steps)
+    compress.add_argument("--retrain-lr", type=float, default=CodingConfig.retrain_lr,
+                          help="Adam learning rate of retraining between groups (default: see the README)")
     compress.add_argument("--rule", default=CodingConfig.rule, help="selection rule: mrc or ordered")
     _output_options(compress)
     compress.set_defaults(func=cmd_compress, printer=print_compress_summary)

@@ -123,6 +123,7 @@ def compress(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     kl_bits: float | None = None,
+    mean_kl_form: str = VariationalConfig.mean_kl_form,
     beta_initial: float = VariationalConfig.beta_initial,
     eps_beta: float = VariationalConfig.eps_beta,
     steps: int = TrainConfig.steps,
@@ -130,6 +131,7 @@ def compress(
     lr: float | None = None,
     blocks_per_group: int = CodingConfig.blocks_per_group,
     retrain_steps: int = CodingConfig.retrain_steps,
+    retrain_lr: float | None = CodingConfig.retrain_lr,
     rule: str = CodingConfig.rule,
     seed: int = 0,
     model_name: str = "",
@@ -146,9 +148,10 @@ def compress(
     vconfig = VariationalConfig(
         budget_bits=parse_budget_bits(budget), param=param, bits_per_block=bits_per_block,
         group_sizes=dict(group_sizes or {}), include=include, exclude=exclude, hash_seed=seed,
-        partition_seed=seed, kl_bits=kl_bits, beta_initial=beta_initial, eps_beta=eps_beta,
+        partition_seed=seed, kl_bits=kl_bits, mean_kl_form=mean_kl_form, beta_initial=beta_initial, eps_beta=eps_beta,
     )
-    coding = CodingConfig(blocks_per_group, retrain_steps, rule, coder_seed=seed, sender_seed=seed)
+    coding = CodingConfig(blocks_per_group, retrain_steps, rule, coder_seed=seed, sender_seed=seed,
+                          retrain_lr=retrain_lr)
     tconfig = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     work = Path(work_dir) if work_dir is not None else work_dir_for(out)
     trainer = Trainer(VariationalModel(model, vconfig), train_data, tconfig, work,

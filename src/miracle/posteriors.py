@@ -13,17 +13,24 @@ mu = 0, sigma = s (Q = P): they cost nothing and the coder ignores them.
   step: beta_b *= 1 + eps_beta when KL_b exceeds the block's budget, /= 1 + eps_beta otherwise.
 * :class:`MeanKL` (Lin, Flamich & Hernandez-Lobato 2023): Q is parameterised by its mean and
   its KL, so every block costs exactly its budget by construction and nothing is annealed.
-  The paper's split of a block's budget over its weights and its bound on the mean could
-  not be read; *this is our reconstruction*:
+  The paper's split of a block's budget over its weights could not be read; *both forms
+  below are our reconstructions*. A weight's KL is what its mean costs plus what its
+  narrowing costs:
 
-      kappa_i = budget_nats * softmax(lambda)_i             (over the real slots of the block)
-      mu_i    = (1 - eps) * s_i * sqrt(2 kappa_i) * tanh(nu_i)
-      x_i     = sigma_i^2 / s_i^2 solves  x - ln x = 1 + 2 kappa_i - mu_i^2 / s_i^2,  x <= 1
-              = -W0(-exp(-(1 + 2 kappa_i - mu_i^2 / s_i^2)))
+      KL_i = mu_i^2 / (2 s_i^2) + (x_i - 1 - ln x_i) / 2,    x_i = sigma_i^2 / s_i^2 <= 1
 
-  with lambda, nu free. W0 is the principal Lambert W branch (sigma <= s; the other branch
-  gives sigma > s and wastes bits). A solution exists only for mu^2 <= 2 kappa s^2, hence the
-  tanh bound; eps keeps mu strictly inside, where dx/dc = x / (x - 1) is finite.
+  and given the second term e_i, x_i = -W0(-exp(-(1 + 2 e_i))): W0 is the principal Lambert W
+  branch (sigma <= s; the other branch gives sigma > s and wastes bits).
+
+  - "free-mean" (the default): the means mu are free parameters. If a block's means cost
+    more than ``mean_share`` of its budget K they are scaled down to that share; what is
+    left, L = K - sum_i mu_i^2 / (2 s_i^2), narrows the weights: e_i = L * softmax(lambda)_i.
+    An optimiser moves a mean as it would under Mean-Var; its price is paid in noise.
+  - "bounded-mean" (the first form, used by the study in ``results/study``): each weight gets
+    kappa_i = K * softmax(lambda)_i and mu_i = (1 - eps) s_i sqrt(2 kappa_i) tanh(nu_i), so
+    e_i = kappa_i - mu_i^2 / (2 s_i^2). A mean is bounded by its weight's share of the KL,
+    and moving the share moves the mean: in our runs it trained slower and ended noisier
+    (``results/experiments/mean-kl-forms.json``).
 """
 
 from __future__ import annotations
@@ -45,19 +52,42 @@ def kl_nats(mu: torch.Tensor, sigma: torch.Tensor, s: torch.Tensor) -> torch.Ten
     return torch.log(s / sigma) + (sigma**2 + mu**2) / (2 * s**2) - 0.5
 
 
+def narrowing_to_std(extra_nats: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """sigma <= s whose narrowing costs ``extra_nats`` = (x - 1 - ln x) / 2, x = sigma^2 / s^2.
+    Computed in float64: for a small cost, 1 - x is the square root of a tiny number."""
+    x = -lambertw0(-torch.exp(-1.0 - 2 * extra_nats.double()))
+    return s.double() * torch.sqrt(x)
+
+
 def mean_kl_to_mean_std(
     kappa_nats: torch.Tensor, bound_fraction: torch.Tensor, s: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(kappa, mu / (s sqrt(2 kappa)), s) -> (mu, sigma) with KL(Q||P) = kappa exactly.
 
-    ``bound_fraction`` must lie in (-1, 1). Computed in float64: near mu's bound, 1 - x is
-    the square root of a tiny number and float32 would lose the KL.
+    ``bound_fraction`` must lie in (-1, 1).
     """
     kappa, r, s64 = kappa_nats.double(), bound_fraction.double(), s.double()
     mu = s64 * torch.sqrt(2 * kappa) * r
-    excess = 2 * kappa * (1 - r * r)  # c - 1 = 2 kappa - mu^2 / s^2 >= 0, without cancellation
-    x = -lambertw0(-torch.exp(-1.0 - excess))
-    return mu.to(s.dtype), (s64 * torch.sqrt(x)).to(s.dtype)
+    extra = kappa * (1 - r * r)  # kappa - mu^2 / (2 s^2) >= 0, without cancellation
+    return mu.to(s.dtype), narrowing_to_std(extra, s).to(s.dtype)
+
+
+def free_mean_to_mean_std(
+    mean: torch.Tensor, split_logits: torch.Tensor, budget_nats: float, s: torch.Tensor,
+    is_real: torch.Tensor, mean_share: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocks [B, D] of free means and split logits -> (mu, sigma), every block's KL equal to
+    ``budget_nats``: means scaled down to cost at most ``mean_share`` of it, the rest narrows."""
+    s64 = s.double()
+    mu = torch.where(is_real, mean.double(), 0.0)
+    mean_cost = ((mu / s64) ** 2 / 2).sum(1, keepdim=True)
+    scale = torch.sqrt((mean_share * budget_nats / mean_cost.clamp_min(1e-300)).clamp(max=1.0))
+    left = budget_nats - mean_cost * scale**2
+    extra = left * torch.softmax(split_logits.double().masked_fill(~is_real, float("-inf")), dim=1)
+    # Padding (no narrowing) would sit on W0's branch point, whose infinite gradient turns
+    # into NaN even where masked out; it gets a harmless stand-in, replaced by (0, s) later.
+    extra = torch.where(is_real, extra, 1.0)
+    return (mu * scale).to(s.dtype), narrowing_to_std(extra, s).to(s.dtype)
 
 
 class CodingDistribution(nn.Module):
@@ -150,10 +180,12 @@ class MeanKL(Posterior):
     """(mu, KL) parameterisation: every block's KL is ``kl_bits`` by construction.
 
     ``kl_bits`` defaults to the bits per block; a smaller value leaves the coder a margin
-    below log K (less bias at a small cost in information).
+    below log K (less bias at a small cost in information). ``form`` is "free-mean" or
+    "bounded-mean" (see the module's docstring).
     """
 
     name = "mean-kl"
+    FORMS = ("free-mean", "bounded-mean")
 
     def __init__(
         self,
@@ -162,31 +194,36 @@ class MeanKL(Posterior):
         initial_mean: torch.Tensor,
         initial_scales: torch.Tensor,
         kl_bits: float | None = None,
+        form: str = "free-mean",
+        mean_share: float = 0.95,
         mean_bound_margin: float = 1e-3,
     ) -> None:
         super().__init__(layout, bits_per_block)
         self.kl_bits = float(bits_per_block if kl_bits is None else kl_bits)
         if not 0 < self.kl_bits <= bits_per_block:
             raise ValueError(f"kl_bits must be in (0, {bits_per_block}], got {kl_bits}")
-        self.mean_bound_margin = mean_bound_margin
+        if form not in self.FORMS:
+            raise ValueError(f"unknown Mean-KL form {form!r}; choose one of {', '.join(self.FORMS)}")
+        self.form, self.mean_share, self.mean_bound_margin = form, mean_share, mean_bound_margin
         self.kl_logits = nn.Parameter(torch.zeros(layout.num_blocks, layout.block_dim))
-        # Start from the given means where the equal split's bound allows it.
+        if form == "free-mean":
+            self.mean = nn.Parameter(initial_mean.clone().float())
+            return
+        # Bounded: start from the given means where the equal split's bound allows it.
         counts = layout.is_real.sum(1, keepdim=True)
         kappa = self.kl_bits * LN2 / counts
         fraction = initial_mean / (initial_scales * torch.sqrt(2 * kappa))
         fraction = fraction.clamp(-0.9, 0.9) / (1 - mean_bound_margin)
         self.mean_logits = nn.Parameter(torch.atanh(fraction).float())
 
-    def kappa_nats(self) -> torch.Tensor:
-        """KL per slot [B, D] in nats; padding slots get 0 and each block sums to kl_bits."""
-        logits = self.kl_logits.masked_fill(~self.is_real, float("-inf"))
-        return self.kl_bits * LN2 * torch.softmax(logits, dim=1)
-
     def _mean_std(self, s):
+        if self.form == "free-mean":
+            return free_mean_to_mean_std(self.mean, self.kl_logits, self.kl_bits * LN2, s, self.is_real,
+                                         self.mean_share)
         fraction = (1 - self.mean_bound_margin) * torch.tanh(self.mean_logits)
-        # Padding (kappa = 0) would sit on W0's branch point, whose infinite gradient turns
-        # into NaN even where masked out; it gets a harmless stand-in, replaced by (0, s).
-        kappa = torch.where(self.is_real, self.kappa_nats(), 1.0).clamp_min(1e-12)
+        split = torch.softmax(self.kl_logits.masked_fill(~self.is_real, float("-inf")), dim=1)
+        # Padding (kappa = 0) would sit on W0's branch point: a stand-in, as above.
+        kappa = torch.where(self.is_real, self.kl_bits * LN2 * split, 1.0).clamp_min(1e-12)
         return mean_kl_to_mean_std(kappa, fraction, s)
 
     def kl_loss_term(self, kl_nats_per_block):

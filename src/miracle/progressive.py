@@ -30,12 +30,15 @@ class CodingConfig:
     rule: str = "mrc"  # "mrc" or "ordered"
     coder_seed: int = 0  # the shared randomness (in the file)
     sender_seed: int = 0  # the sender's private choice among candidates (not in the file)
+    retrain_lr: float | None = None  # Adam rate of retraining; None: the training schedule's final rate
 
     def __post_init__(self) -> None:
         if self.rule not in coder.RULES:
             raise InvalidInput(f"unknown selection rule {self.rule!r}; choose one of {', '.join(coder.RULES)}")
         if self.blocks_per_group < 1 or self.retrain_steps < 0:
             raise InvalidInput("blocks per group must be at least 1 and retraining steps at least 0")
+        if self.retrain_lr is not None and not 0 < self.retrain_lr < float("inf"):
+            raise InvalidInput(f"the retraining learning rate must be a positive number, got {self.retrain_lr}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +58,7 @@ def code_progressively(trainer: Trainer, config: CodingConfig, progress: bool = 
             groups_done = math.ceil(int(vmodel.coded.sum()) / config.blocks_per_group)
             retrained_until = first_retraining_step + groups_done * config.retrain_steps
             if groups_done and trainer.step < retrained_until:
-                trainer.train_until(retrained_until, progress, desc="retraining")
+                trainer.train_until(retrained_until, progress, desc="retraining", lr=config.retrain_lr)
                 trainer.save_checkpoint()
                 continue
             block_ids = torch.nonzero(~vmodel.coded).flatten()[: config.blocks_per_group]

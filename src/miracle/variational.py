@@ -37,6 +37,7 @@ class VariationalConfig:
     hash_seed: int = 0
     partition_seed: int = 0
     kl_bits: float | None = None  # Mean-KL: KL per block (default: bits_per_block)
+    mean_kl_form: str = "free-mean"  # Mean-KL: "free-mean" or "bounded-mean" (see posteriors)
     beta_initial: float = 1.0  # Mean-Var: initial beta; 1 is the exact ELBO (see training)
     eps_beta: float = 1e-3  # Mean-Var: annealing rate per step
     initial_std_ratio: float = 0.1  # Mean-Var: initial sigma / s
@@ -44,6 +45,8 @@ class VariationalConfig:
     def __post_init__(self) -> None:
         if self.param not in POSTERIORS:
             raise InvalidInput(f"unknown parameterisation {self.param!r}; choose one of {', '.join(POSTERIORS)}")
+        if self.mean_kl_form not in MeanKL.FORMS:
+            raise InvalidInput(f"unknown Mean-KL form {self.mean_kl_form!r}; choose one of {', '.join(MeanKL.FORMS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,7 +105,8 @@ class VariationalModel(nn.Module):
                 config.beta_initial, config.eps_beta,
             )
         else:
-            self.posterior = MeanKL(self.layout, config.bits_per_block, initial_mean, s, config.kl_bits)
+            self.posterior = MeanKL(self.layout, config.bits_per_block, initial_mean, s, config.kl_bits,
+                                    config.mean_kl_form)
         # Progressive coding: blocks already coded are fixed to their coded sample.
         B, D = self.layout.num_blocks, self.layout.block_dim
         self.register_buffer("coded", torch.zeros(B, dtype=torch.bool))
