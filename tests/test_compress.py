@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import miracle
 from miracle.compress import FingerprintMismatch
 from miracle.data import Split
 from miracle.errors import MiracleError
+from miracle.training import DEFAULT_RETRAIN_LR, TrainConfig
 
 from conftest import run_cli
 
@@ -72,6 +74,18 @@ def test_mean_var_pipeline_and_ordered_rule(tmp_path, small_train):
     assert torch.equal(restored.fc1.weight, result.decoded_model().fc1.weight)
 
 
+@pytest.mark.parametrize("retrain_lr, expected", [(None, DEFAULT_RETRAIN_LR["mean-kl"]), (0.0042, 0.0042)])
+def test_retraining_runs_at_its_own_learning_rate(tmp_path, small_train, retrain_lr, expected):
+    _compress_tiny(tmp_path, small_train, steps=20, retrain_steps=3, retrain_lr=retrain_lr)
+    records = [json.loads(line) for line in (tmp_path / "tiny.mrc.work" / "metrics.jsonl").read_text().splitlines()]
+    training, retraining = records[:20], records[20:]
+    assert len(retraining) == 3 * 4  # 200 blocks in groups of 40: retraining after each of the first 4
+    assert all(r["lr"] == expected and r["blocks_coded"] > 0 for r in retraining)
+    schedule = TrainConfig(steps=20)  # the training before coding keeps its own schedule
+    assert [r["lr"] for r in training] == [schedule.learning_rate("mean-kl", step) for step in range(20)]
+    assert all(r["blocks_coded"] == 0 for r in training)
+
+
 def test_the_readme_example_runs(tmp_path, mnist_root, monkeypatch):
     code = re.search(r"<!-- readme-example -->\n```python\n(.*?)```", README.read_text(), re.S).group(1)
     monkeypatch.chdir(tmp_path)
@@ -117,6 +131,8 @@ def test_a_killed_compress_resumes_to_the_same_file(tmp_path, mnist_root):
     (lambda tmp: ["compress", "--model", "lenet5", "--dataset", "mnist", "--budget", "1KB", "-o",
                   str(tmp / "no" / "such" / "dir" / "x.mrc")], "cannot write the output file"),
     (lambda tmp: ["compress", "--from", str(tmp / "missing.pt"), "-o", str(tmp / "x.mrc")], "no such checkpoint"),
+    (lambda tmp: ["compress", "--model", "lenet5", "--dataset", "mnist", "--budget", "1KB", "--retrain-lr", "-1",
+                  "-o", str(tmp / "x.mrc")], "retraining learning rate must be a positive number"),
     (lambda tmp: ["evaluate", str(tmp / "missing.mrc"), "--dataset", "mnist"], "no such .mrc file"),
     (lambda tmp: ["inspect", str(README)], "not a miracle .mrc file"),
     (lambda tmp: ["decompress", str(README), "-o", str(tmp / "x.pt")], "not a miracle .mrc file"),

@@ -38,7 +38,7 @@ def _variational_options(p: argparse.ArgumentParser, required: bool = True) -> N
     p.add_argument("--eps-beta", type=float, default=VariationalConfig.eps_beta, help="Mean-Var: annealing rate")
     p.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps before coding")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-2 Mean-KL, 1e-3 Mean-Var)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-2)")
     p.add_argument("--lr-schedule", default=TrainConfig.lr_schedule, choices=("cosine", "constant"))
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice of the run")
 
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--blocks-per-group", type=int, default=CodingConfig.blocks_per_group)
     compress.add_argument("--retrain-steps", type=int, default=CodingConfig.retrain_steps)
     compress.add_argument("--retrain-lr", type=float, default=CodingConfig.retrain_lr,
-                          help="Adam learning rate of retraining between groups (default: see the README)")
+                          help="Adam learning rate of retraining between groups (default 1e-2 Mean-KL, 1e-3 Mean-Var)")
     compress.add_argument("--rule", default=CodingConfig.rule, help="selection rule: mrc or ordered")
     _output_options(compress)
     compress.set_defaults(func=cmd_compress, printer=print_compress_summary)

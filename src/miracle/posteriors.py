@@ -150,7 +150,7 @@ class MeanVar(Posterior):
         initial_mean: torch.Tensor,
         initial_std: torch.Tensor,
         beta_initial: float = 1.0,
-        eps_beta: float = 1e-3,
+        eps_beta: float = 3e-3,
     ) -> None:
         super().__init__(layout, bits_per_block)
         self.mu = nn.Parameter(initial_mean.clone().float())

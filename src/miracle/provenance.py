@@ -23,7 +23,8 @@ def _git(*args: str) -> str | None:
 
 def provenance() -> dict:
     commit = _git("rev-parse", "HEAD")
-    if commit and _git("status", "--porcelain", "--untracked-files=no"):
+    # Changed result files do not make the code dirty (a run may overwrite its own result file).
+    if commit and _git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)results"):
         commit += "-dirty"
     argv = [Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)]
     return {

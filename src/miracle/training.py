@@ -53,7 +53,7 @@ class TrainConfig:
     lr: float | None = None  # None: DEFAULT_LR of the parameterisation
     seed: int = 0
     lr_schedule: str = "cosine"  # "cosine": decays to final_lr_fraction * lr at `steps`; or "constant"
-    final_lr_fraction: float = 0.05  # also the rate of retraining during coding, unless it has its own
+    final_lr_fraction: float = 0.05
     checkpoint_every: int = 500
     block_kl_every: int = 100  # how often the metrics carry every block's KL
 

@@ -155,8 +155,10 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _coding_config(config: StudyConfig, seed: int) -> CodingConfig:
-    return CodingConfig(config.blocks_per_group, config.retrain_steps, coder_seed=seed, sender_seed=seed)
+def _coding_config(config: StudyConfig, spec: RunSpec) -> CodingConfig:
+    # The study retrains at the end rate of the training schedule, as when it was made.
+    return CodingConfig(config.blocks_per_group, config.retrain_steps, coder_seed=spec.seed, sender_seed=spec.seed,
+                        retrain_lr=spec.effective_lr * TrainConfig.final_lr_fraction)
 
 
 def _trainer(config: StudyConfig, spec: RunSpec, run_dir: Path, data_dir) -> Trainer:
@@ -170,7 +172,7 @@ def _trainer(config: StudyConfig, spec: RunSpec, run_dir: Path, data_dir) -> Tra
     vmodel = VariationalModel(create_model(config.model, spec.seed), vconfig)
     return Trainer(vmodel, _split(config.dataset, "train", data_dir), tconfig, run_dir,
                    {"model": config.model, "dataset": config.dataset,
-                    "coding": _coding_config(config, spec.seed).to_dict()})
+                    "coding": _coding_config(config, spec).to_dict()})
 
 
 def _curve_point(trainer: Trainer, test) -> dict:
@@ -271,7 +273,7 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
         _write_json(trained_path, trained)
     start = time.perf_counter()
     mrc = run_dir / "model.mrc"
-    result = run_compression(trainer, _coding_config(config, spec.seed), mrc, config.model, progress)
+    result = run_compression(trainer, _coding_config(config, spec), mrc, config.model, progress)
     coding_seconds = time.perf_counter() - start
     decoded = decompress(mrc)
     vmodel = result.vmodel

@@ -1,0 +1,56 @@
+"""How much retraining between coded groups buys: code one trained checkpoint (of `miracle train`)
+with a given group size, number of retraining steps and retraining learning rate, and print the
+test accuracy of the decoded network as one JSON line.
+
+    python benchmarks/retraining.py runs/a/checkpoint.pt --group 10 --retrain 100 --retrain-lr 1e-2
+
+It does what `miracle compress --from CHECKPOINT` does, without writing a file; the result files
+results/experiments/retraining*.json were made with it (one thread, two runs at a time).
+"""
+
+import argparse
+import json
+import time
+
+import torch
+
+from miracle.data import load
+from miracle.models import create_model
+from miracle.progressive import CodingConfig, code_progressively
+from miracle.provenance import provenance
+from miracle.training import TrainConfig, Trainer, accuracy, evaluate_posterior, load_checkpoint
+from miracle.variational import VariationalConfig, VariationalModel
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--group", type=int, default=CodingConfig.blocks_per_group)
+    parser.add_argument("--retrain", type=int, default=CodingConfig.retrain_steps)
+    parser.add_argument("--retrain-lr", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    state = load_checkpoint(args.checkpoint)
+    identity = state["identity"]
+    tconfig = TrainConfig(**{**identity["train"], "steps": state["step"]})
+    vmodel = VariationalModel(create_model(identity["model"], tconfig.seed),
+                              VariationalConfig(**identity["variational"]))
+    train, test = load(identity["dataset"], "train"), load(identity["dataset"], "test")
+    trainer = Trainer(vmodel, train, tconfig, None, {k: identity[k] for k in ("model", "dataset")})
+    trainer.resume(args.checkpoint)
+    before = evaluate_posterior(vmodel, test, tconfig.seed)
+    start = time.perf_counter()
+    coding = CodingConfig(args.group, args.retrain, coder_seed=tconfig.seed, sender_seed=tconfig.seed,
+                          retrain_lr=args.retrain_lr)
+    code_progressively(trainer, coding, progress=False)
+    print(json.dumps({
+        "checkpoint": args.checkpoint, "param": vmodel.config.param, "coding": coding.to_dict(),
+        "before_coding": before, "decoded_test_accuracy": accuracy(vmodel, test),
+        "retraining_steps": trainer.step - state["step"], "seconds": round(time.perf_counter() - start, 1),
+        **provenance(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
