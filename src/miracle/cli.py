@@ -61,7 +61,8 @@ def _configs(args) -> tuple[VariationalConfig, TrainConfig]:
     vconfig = VariationalConfig(
         budget_bits=parse_budget_bits(args.budget), param=args.param, bits_per_block=args.bits_per_block,
         group_sizes={} if args.no_hashing else spec.group_sizes, hash_seed=args.seed,
-        partition_seed=args.seed, kl_bits=args.kl_bits, mean_kl_form=args.mean_kl_form, beta_initial=args.beta_initial, eps_beta=args.eps_beta,
+        partition_seed=args.seed, kl_bits=args.kl_bits, mean_kl_form=args.mean_kl_form,
+        beta_initial=args.beta_initial, eps_beta=args.eps_beta,
     )
     tconfig = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           lr_schedule=args.lr_schedule, seed=args.seed)

@@ -148,7 +148,8 @@ def compress(
     vconfig = VariationalConfig(
         budget_bits=parse_budget_bits(budget), param=param, bits_per_block=bits_per_block,
         group_sizes=dict(group_sizes or {}), include=include, exclude=exclude, hash_seed=seed,
-        partition_seed=seed, kl_bits=kl_bits, mean_kl_form=mean_kl_form, beta_initial=beta_initial, eps_beta=eps_beta,
+        partition_seed=seed, kl_bits=kl_bits, mean_kl_form=mean_kl_form, beta_initial=beta_initial,
+        eps_beta=eps_beta,
     )
     coding = CodingConfig(blocks_per_group, retrain_steps, rule, coder_seed=seed, sender_seed=seed,
                           retrain_lr=retrain_lr)

@@ -26,7 +26,9 @@ def provenance() -> dict:
     # Changed result files do not make the code dirty (a run may overwrite its own result file).
     if commit and _git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)results"):
         commit += "-dirty"
-    argv = [Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)]
+    program = Path(sys.argv[0]).name
+    program = "miracle" if program == "__main__.py" else program  # python -m miracle
+    argv = [program, *sys.argv[1:]]
     return {
         "command": shlex.join(argv),
         "git_commit": commit,
