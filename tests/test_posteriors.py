@@ -66,6 +66,24 @@ def test_mean_kl_margin_sets_a_lower_kl(form):
         MeanKL(layout, 16, torch.zeros_like(s), s, form="free")
 
 
+@pytest.mark.parametrize("form", MeanKL.FORMS)
+def test_a_wider_budget_scale_widens_every_mean_kl_block_by_that_factor(form):
+    layout = _layout()
+    s = torch.full((layout.num_blocks, layout.block_dim), 0.3)
+    post = _randomised_mean_kl(layout, s, form)
+    mu, sigma = post.mean_std(s, budget_scale=2.5)
+    kl_bits = kl_nats(mu.double(), sigma.double(), s.double()).sum(1) / LN2
+    torch.testing.assert_close(kl_bits, torch.full((layout.num_blocks,), 40.0, dtype=torch.float64), atol=1e-3, rtol=0)
+
+
+def test_mean_var_anneals_towards_the_widened_budget():
+    layout = _layout(num_free=20, num_blocks=2)
+    s = torch.ones(2, layout.block_dim)
+    post = MeanVar(layout, 16, torch.zeros_like(s), s, beta_initial=1.0, eps_beta=0.1)
+    post.after_step(torch.tensor([20.0, 40.0]), budget_scale=2.0)  # budget 32 bits
+    torch.testing.assert_close(post.beta, torch.tensor([1 / 1.1, 1.1]))
+
+
 def test_free_mean_keeps_affordable_means_and_scales_down_the_rest():
     layout = _layout()
     s = torch.full((layout.num_blocks, layout.block_dim), 0.5)

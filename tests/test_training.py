@@ -70,3 +70,40 @@ def test_nan_stops_training_with_a_clear_error():
     vmodel = VariationalModel(_Exploding(), VariationalConfig(budget_bits=500))
     with pytest.raises(TrainingDiverged, match="diverged at step 0.*learning rate"):
         Trainer(vmodel, data, TrainConfig(steps=3, batch_size=10)).run(progress=False)
+
+
+def test_kl_annealing_narrows_the_budget_geometrically_to_the_real_one(mnist_train):
+    config = TrainConfig(steps=30, kl_anneal_from=8.0, kl_anneal_steps=20)
+    assert config.budget_scale(0) == 8.0
+    assert config.budget_scale(10) == pytest.approx(8.0 ** 0.5)
+    assert config.budget_scale(20) == config.budget_scale(29) == 1.0
+    small = Split(mnist_train.images[:600], mnist_train.labels[:600])
+    trainer = Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=30, batch_size=20, kl_anneal_from=8.0, kl_anneal_steps=20))
+    records = [trainer.train_step() for _ in range(30)]
+    assert records[0]["kl_bits_total"] == pytest.approx(8 * 12000, rel=1e-6)
+    assert records[25]["kl_bits_total"] == pytest.approx(12000, rel=1e-6)  # coding sees the real budget
+    assert trainer.vmodel.kl_summary()["kl_bits_per_block_max"] == pytest.approx(16, abs=1e-3)
+    for bad in (dict(kl_anneal_from=0.5), dict(kl_anneal_steps=30), dict(weight_samples=0), dict(weight_samples=129)):
+        with pytest.raises(Exception, match="annealing|weight samples"):
+            TrainConfig(steps=30, **bad)
+
+
+def test_each_part_of_the_batch_sees_its_own_weight_sample(mnist_train):
+    """With two weight samples, the loss is the mean of the two half-batches' losses, each
+    under its own seeded weight sample."""
+    from miracle.training import _derived_generator
+
+    small = Split(mnist_train.images[:200], mnist_train.labels[:200])
+    trainer = Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=5, batch_size=20, weight_samples=2, seed=4))
+    by_hand = _vmodel("mean-kl")
+    index = torch.randperm(200, generator=_derived_generator(4, 1, 0))[:20]
+    images, labels = small.images[index], small.labels[index]
+    nll = sum(
+        nn.functional.cross_entropy(by_hand(images[part], generator=_derived_generator(4, 2, 0, *extra)), labels[part])
+        for part, extra in ((slice(0, 10), ()), (slice(10, 20), (1,)))
+    ) / 2
+    nll.backward()
+    record = trainer.train_step()
+    assert record["nll"] == pytest.approx(nll.item(), rel=1e-5)
+    one_sample = Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=5, batch_size=20, seed=4)).train_step()
+    assert one_sample["nll"] != pytest.approx(record["nll"], rel=1e-5)

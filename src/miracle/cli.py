@@ -40,6 +40,12 @@ def _variational_options(p: argparse.ArgumentParser, required: bool = True) -> N
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-2)")
     p.add_argument("--lr-schedule", default=TrainConfig.lr_schedule, choices=("cosine", "constant"))
+    p.add_argument("--weight-samples", type=int, default=TrainConfig.weight_samples,
+                   help="weight samples per training step, each on its share of the batch (default 1)")
+    p.add_argument("--kl-anneal-from", type=float, default=TrainConfig.kl_anneal_from,
+                   help="start with every block's budget this many times wider (default 1: no annealing)")
+    p.add_argument("--kl-anneal-steps", type=int, default=TrainConfig.kl_anneal_steps,
+                   help="training steps over which the budget narrows to the real one")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice of the run")
 
 
@@ -65,7 +71,8 @@ def _configs(args) -> tuple[VariationalConfig, TrainConfig]:
         beta_initial=args.beta_initial, eps_beta=args.eps_beta,
     )
     tconfig = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                          lr_schedule=args.lr_schedule, seed=args.seed)
+                          lr_schedule=args.lr_schedule, seed=args.seed, weight_samples=args.weight_samples,
+                          kl_anneal_from=args.kl_anneal_from, kl_anneal_steps=args.kl_anneal_steps)
     return vconfig, tconfig
 
 

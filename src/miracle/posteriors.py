@@ -118,20 +118,21 @@ class Posterior(nn.Module, abc.ABC):
         self.bits_per_block = bits_per_block
         self.register_buffer("is_real", layout.is_real.clone(), persistent=False)
 
-    def mean_std(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, sigma) [B, D] given the slot scales s [B, D]; padding slots are (0, s)."""
-        mu, sigma = self._mean_std(s)
+    def mean_std(self, s: torch.Tensor, budget_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, sigma) [B, D] given the slot scales s [B, D]; padding slots are (0, s).
+        ``budget_scale`` > 1 widens every block's budget for a while (training's KL annealing)."""
+        mu, sigma = self._mean_std(s, budget_scale)
         return torch.where(self.is_real, mu, torch.zeros_like(mu)), torch.where(self.is_real, sigma, s)
 
     @abc.abstractmethod
-    def _mean_std(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mean_std(self, s: torch.Tensor, budget_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, sigma) of every slot, padding included (it is masked by mean_std)."""
 
     @abc.abstractmethod
     def kl_loss_term(self, kl_nats_per_block: torch.Tensor) -> torch.Tensor:
         """What the KL adds to the training loss (before division by the dataset size)."""
 
-    def after_step(self, kl_bits_per_block: torch.Tensor) -> None:
+    def after_step(self, kl_bits_per_block: torch.Tensor, budget_scale: float = 1.0) -> None:
         """Adapt after an optimiser step (Mean-Var anneals beta); default: nothing."""
 
     def freeze_blocks(self, block_ids: torch.Tensor) -> None:
@@ -160,15 +161,15 @@ class MeanVar(Posterior):
         # Blocks whose beta keeps annealing; progressive coding switches coded blocks off.
         self.register_buffer("annealing", torch.ones(layout.num_blocks, dtype=torch.bool))
 
-    def _mean_std(self, s):
-        return self.mu, self.log_sigma.exp()
+    def _mean_std(self, s, budget_scale):
+        return self.mu, self.log_sigma.exp()  # the budget is the annealing's target, not a bound
 
     def kl_loss_term(self, kl_nats_per_block):
         return (self.beta * kl_nats_per_block).sum()
 
     @torch.no_grad()
-    def after_step(self, kl_bits_per_block):
-        over = kl_bits_per_block > self.bits_per_block
+    def after_step(self, kl_bits_per_block, budget_scale=1.0):
+        over = kl_bits_per_block > self.bits_per_block * budget_scale
         factor = torch.where(over, 1 + self.eps_beta, 1 / (1 + self.eps_beta))
         self.beta.copy_(torch.where(self.annealing, self.beta * factor, self.beta))
 
@@ -216,14 +217,15 @@ class MeanKL(Posterior):
         fraction = fraction.clamp(-0.9, 0.9) / (1 - mean_bound_margin)
         self.mean_logits = nn.Parameter(torch.atanh(fraction).float())
 
-    def _mean_std(self, s):
+    def _mean_std(self, s, budget_scale):
+        budget_nats = self.kl_bits * budget_scale * LN2
         if self.form == "free-mean":
-            return free_mean_to_mean_std(self.mean, self.kl_logits, self.kl_bits * LN2, s, self.is_real,
+            return free_mean_to_mean_std(self.mean, self.kl_logits, budget_nats, s, self.is_real,
                                          self.mean_share)
         fraction = (1 - self.mean_bound_margin) * torch.tanh(self.mean_logits)
         split = torch.softmax(self.kl_logits.masked_fill(~self.is_real, float("-inf")), dim=1)
         # Padding (kappa = 0) would sit on W0's branch point: a stand-in, as above.
-        kappa = torch.where(self.is_real, self.kl_bits * LN2 * split, 1.0).clamp_min(1e-12)
+        kappa = torch.where(self.is_real, budget_nats * split, 1.0).clamp_min(1e-12)
         return mean_kl_to_mean_std(kappa, fraction, s)
 
     def kl_loss_term(self, kl_nats_per_block):

@@ -56,10 +56,28 @@ class TrainConfig:
     final_lr_fraction: float = 0.05
     checkpoint_every: int = 500
     block_kl_every: int = 100  # how often the metrics carry every block's KL
+    # The batch is split into this many parts, each seeing its own weight sample: the same
+    # arithmetic, less gradient noise from the weights (whose noise is as wide as the prior).
+    weight_samples: int = 1
+    # KL annealing: every block's budget starts kl_anneal_from times wider and narrows
+    # geometrically to the real budget at step kl_anneal_steps (MIRACLE trained first without
+    # the KL, then with it; for Mean-KL this is the way to start from a less noisy network).
+    kl_anneal_from: float = 1.0
+    kl_anneal_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("cosine", "constant"):
             raise MiracleError(f"unknown learning-rate schedule {self.lr_schedule!r}; choose cosine or constant")
+        if not (self.kl_anneal_from >= 1 and 0 <= self.kl_anneal_steps < self.steps):
+            raise MiracleError("KL annealing must start at a budget scale of at least 1 and end before the last step")
+        if not 1 <= self.weight_samples <= self.batch_size:
+            raise MiracleError(f"weight samples per step must be between 1 and the batch size, got {self.weight_samples}")
+
+    def budget_scale(self, step: int) -> float:
+        """How much wider than the real budget every block's KL may be at ``step``."""
+        if step >= self.kl_anneal_steps:
+            return 1.0
+        return self.kl_anneal_from ** (1 - step / self.kl_anneal_steps)
 
     def learning_rate(self, param: str, step: int = 0) -> float:
         """The learning rate of optimiser step ``step`` (a function of the step, so resumable)."""
@@ -184,8 +202,13 @@ class Trainer:
         vm, cfg = self.vmodel, self.config
         index = _batch_indices(self.step, len(self.data), cfg.batch_size, cfg.seed)
         images, labels = self.data.images[index], self.data.labels[index]
-        mean_std = vm.block_mean_std()  # once per step: Mean-KL's Lambert W is not cheap
-        logits = vm(images, generator=_derived_generator(cfg.seed, 2, self.step), mean_std=mean_std)
+        budget_scale = cfg.budget_scale(self.step)
+        mean_std = vm.block_mean_std(budget_scale)  # once per step: Mean-KL's Lambert W is not cheap
+        logits = torch.cat([
+            vm(part, generator=_derived_generator(cfg.seed, 2, self.step, *([sample] if sample else [])),
+               mean_std=mean_std)
+            for sample, part in enumerate(images.chunk(cfg.weight_samples))
+        ])
         nll = nn.functional.cross_entropy(logits, labels)
         kl_nats = vm.kl_nats_per_block(mean_std)
         # Coded blocks are weights now: their KL is paid and no longer part of the objective.
@@ -202,7 +225,7 @@ class Trainer:
             group["lr"] = lr if lr is not None else cfg.learning_rate(vm.config.param, self.step)
         self.optimizer.step()
         kl_bits = kl_nats.detach() / LN2
-        vm.posterior.after_step(kl_bits)
+        vm.posterior.after_step(kl_bits, budget_scale)
         record = {
             "step": self.step + 1,
             "loss": loss.item(),

@@ -129,10 +129,10 @@ class VariationalModel(nn.Module):
     def num_blocks(self) -> int:
         return self.layout.num_blocks
 
-    def block_mean_std(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mu, sigma, s), each [B, D]: the block view the coder consumes."""
+    def block_mean_std(self, budget_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mu, sigma, s), each [B, D]: the block view the coder consumes (at budget_scale 1)."""
         s = self.prior.slot_scales()
-        mu, sigma = self.posterior.mean_std(s)
+        mu, sigma = self.posterior.mean_std(s, budget_scale)
         return mu, sigma, s
 
     def kl_nats_per_block(self, mean_std=None) -> torch.Tensor:
