@@ -22,13 +22,14 @@ def test_counts_and_no_empty_block():
     assert len(set(layout.slot_of_free.tolist())) == layout.num_free
 
 
-def test_lenet5_default_hashing_gives_the_official_count():
+@pytest.mark.parametrize("name", ["lenet5", "lenet5-relu"])
+def test_lenet5_default_hashing_gives_the_official_count(name):
     from miracle.models import create_model, get_model_spec
 
-    model = create_model("lenet5")
+    model = create_model(name)
     assert sum(p.numel() for p in model.parameters()) == 431_080
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    layout = BlockLayout(shapes, get_model_spec("lenet5").group_sizes, 750)
+    layout = BlockLayout(shapes, get_model_spec(name).group_sizes, 750)
     assert layout.num_free == 26_580
     assert layout.is_real.sum(1).min() > 0
 
@@ -71,3 +72,18 @@ def test_bad_budgets(budget, bits, message):
 def test_more_blocks_than_variables_is_an_error():
     with pytest.raises(InvalidInput, match="free variables"):
         BlockLayout({"w": (5,)}, {}, 6)
+
+
+def test_lenet5_relu_is_lenet5_with_a_relu_after_each_convolution():
+    from torch.nn import functional as F
+
+    from miracle.models import create_model
+
+    caffe, relu = create_model("lenet5", seed=1), create_model("lenet5-relu", seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(caffe.parameters(), relu.parameters()))
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    h = F.max_pool2d(F.relu(relu.conv1(x)), 2)
+    h = F.max_pool2d(F.relu(relu.conv2(h)), 2)
+    expected = relu.fc2(F.relu(relu.fc1(h.flatten(1))))
+    torch.testing.assert_close(relu(x), expected)
+    assert not torch.allclose(caffe(x), expected)

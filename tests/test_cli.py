@@ -25,6 +25,8 @@ def _replace(args, flag, value):
         (BASE + ["--param", "mean-std"], "unknown parameterisation"),
         (BASE + ["--lr", "1e12", "--param", "mean-var", "--steps", "50"], "diverged"),
         (BASE + ["--lr", "-1"], "learning rate"),
+        (BASE + ["--weight-samples", "0"], "weight samples per step must be between 1 and the batch size"),
+        (BASE + ["--kl-anneal-from", "0.5", "--kl-anneal-steps", "1"], "KL annealing must start"),
     ],
 )
 def test_bad_input_is_a_clear_error(args, message, tmp_path, mnist_root):

@@ -107,3 +107,17 @@ def test_each_part_of_the_batch_sees_its_own_weight_sample(mnist_train):
     assert record["nll"] == pytest.approx(nll.item(), rel=1e-5)
     one_sample = Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=5, batch_size=20, seed=4)).train_step()
     assert one_sample["nll"] != pytest.approx(record["nll"], rel=1e-5)
+
+
+def test_a_checkpoint_from_before_a_new_training_setting_still_resumes(mnist_train, tmp_path):
+    small = Split(mnist_train.images[:500], mnist_train.labels[:500])
+    Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=2, batch_size=50), tmp_path).run(progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    for added_later in ("weight_samples", "kl_anneal_from", "kl_anneal_steps"):
+        del state["identity"]["train"][added_later]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    resumed = Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=4, batch_size=50), tmp_path)
+    resumed.run(progress=False)
+    assert resumed.step == 4
+    with pytest.raises(Exception, match="other settings"):  # a setting that differs is still refused
+        Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=6, batch_size=50, weight_samples=2), tmp_path).run(progress=False)

@@ -129,6 +129,10 @@ def compress(
     steps: int = TrainConfig.steps,
     batch_size: int = TrainConfig.batch_size,
     lr: float | None = None,
+    lr_schedule: str = TrainConfig.lr_schedule,
+    weight_samples: int = TrainConfig.weight_samples,
+    kl_anneal_from: float = TrainConfig.kl_anneal_from,
+    kl_anneal_steps: int = TrainConfig.kl_anneal_steps,
     blocks_per_group: int = CodingConfig.blocks_per_group,
     retrain_steps: int = CodingConfig.retrain_steps,
     retrain_lr: float | None = CodingConfig.retrain_lr,
@@ -153,7 +157,9 @@ def compress(
     )
     coding = CodingConfig(blocks_per_group, retrain_steps, rule, coder_seed=seed, sender_seed=seed,
                           retrain_lr=retrain_lr)
-    tconfig = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    tconfig = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, seed=seed,
+                          weight_samples=weight_samples, kl_anneal_from=kl_anneal_from,
+                          kl_anneal_steps=kl_anneal_steps)
     work = Path(work_dir) if work_dir is not None else work_dir_for(out)
     trainer = Trainer(VariationalModel(model, vconfig), train_data, tconfig, work,
                       {"model": model_name, "coding": coding.to_dict()})

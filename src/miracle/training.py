@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -154,8 +154,11 @@ class Trainer:
         return {"variational": self.vmodel.config.to_dict(), "train": asdict(self.config), **self.run_info}
 
     def _comparable_identity(self, identity: dict) -> dict:
-        # More steps may be asked of a finished run; everything else must match.
-        train = {k: v for k, v in identity["train"].items() if k != "steps"}
+        # More steps may be asked of a finished run; everything else must match. A setting
+        # added since the checkpoint was written took its default then (all defaults keep the
+        # earlier behaviour).
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        train = {k: v for k, v in {**defaults, **identity["train"]}.items() if k != "steps"}
         return {**identity, "train": train}
 
     def save_checkpoint(self) -> None:
