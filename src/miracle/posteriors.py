@@ -6,8 +6,10 @@ scale s per parameter tensor (:class:`CodingDistribution`). KL(Q_i || P_i) in na
 
 Both parameterisations share one interface (:class:`Posterior`): ``mean_std(s)`` gives
 (mu, sigma) per slot, ``kl_loss_term`` is what the KL adds to the loss, and ``after_step``
-lets a parameterisation adapt after every optimiser step. Padding slots are kept at
-mu = 0, sigma = s (Q = P): they cost nothing and the coder ignores them.
+lets a parameterisation adapt after every optimiser step. Both take a ``budget_scale``: while
+training anneals the KL, every block's budget is that many times wider (Mean-KL costs exactly
+the widened budget, Mean-Var anneals towards it). Padding slots are kept at mu = 0, sigma = s
+(Q = P): they cost nothing and the coder ignores them.
 
 * :class:`MeanVar` (MIRACLE): free (mu, log sigma); one beta per block, annealed after every
   step: beta_b *= 1 + eps_beta when KL_b exceeds the block's budget, /= 1 + eps_beta otherwise.
