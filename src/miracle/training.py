@@ -207,6 +207,7 @@ class Trainer:
         images, labels = self.data.images[index], self.data.labels[index]
         budget_scale = cfg.budget_scale(self.step)
         mean_std = vm.block_mean_std(budget_scale)  # once per step: Mean-KL's Lambert W is not cheap
+        # Part 0 keeps the generator a one-sample step has always used, so earlier runs reproduce.
         logits = torch.cat([
             vm(part, generator=_derived_generator(cfg.seed, 2, self.step, *([sample] if sample else [])),
                mean_std=mean_std)
