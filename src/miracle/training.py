@@ -57,7 +57,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     block_kl_every: int = 100  # how often the metrics carry every block's KL
     # The batch is split into this many parts, each seeing its own weight sample: the same
-    # arithmetic, less gradient noise from the weights (whose noise is as wide as the prior).
+    # arithmetic, less gradient noise from the weights (wide posteriors at these budgets).
     weight_samples: int = 1
     # KL annealing: every block's budget starts kl_anneal_from times wider and narrows
     # geometrically to the real budget at step kl_anneal_steps (MIRACLE trained first without
