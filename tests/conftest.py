@@ -17,10 +17,12 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600):
 
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
-    root = os.environ.get("MIRACLE_DATA")
-    if not root or not data.is_available("mnist", root):
-        pytest.fail("MNIST not found: set MIRACLE_DATA (scripts/test does) or run `miracle data fetch`")
-    return Path(root)
+    """The folder holding MNIST, looked up as the library does: $MIRACLE_DATA, then the cache
+    (where `scripts/test` fetches the datasets on a machine without ../shared/datasets)."""
+    for root in (os.environ.get("MIRACLE_DATA"), data.cache_dir()):
+        if root and data.is_available("mnist", root):
+            return Path(root)
+    pytest.fail("MNIST not found in $MIRACLE_DATA or the cache: run `miracle data fetch`")
 
 
 @pytest.fixture(scope="session")
