@@ -4,7 +4,7 @@ import pytest
 
 from conftest import run_cli
 
-BASE = ["train", "--model", "lenet5", "--dataset", "mnist", "--budget", "1.5KB", "--steps", "2", "--quiet"]
+BASE = ["train", "--model", "lenet5", "--dataset", "mnist", "--index-budget", "1.5KB", "--steps", "2", "--quiet"]
 
 
 def _replace(args, flag, value):
@@ -18,8 +18,8 @@ def _replace(args, flag, value):
     [
         (_replace(BASE, "--model", "vgg99"), "unknown model 'vgg99'"),
         (_replace(BASE, "--dataset", "cifar"), "unknown dataset 'cifar'"),
-        (_replace(BASE, "--budget", "1B"), "smaller than one block"),
-        (_replace(BASE, "--budget", "lots"), "cannot read the budget"),
+        (_replace(BASE, "--index-budget", "1B"), "smaller than one block"),
+        (_replace(BASE, "--index-budget", "lots"), "cannot read the budget"),
         (BASE + ["--bits-per-block", "25"], "between 1 and 24"),
         (BASE + ["--bits-per-block", "0"], "between 1 and 24"),
         (BASE + ["--param", "mean-std"], "unknown parameterisation"),

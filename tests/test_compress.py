@@ -42,7 +42,7 @@ def small_train(mnist_train):
 
 def _compress_tiny(tmp_path, data, **options):
     torch.manual_seed(0)  # the model's own default initialisation only
-    settings = dict(budget="0.25KB", bits_per_block=10, group_sizes={"fc1.weight": 4}, steps=150,
+    settings = dict(budget=None, index_budget="0.25KB", bits_per_block=10, group_sizes={"fc1.weight": 4}, steps=150,
                     batch_size=64, blocks_per_group=40, retrain_steps=10, progress=False)
     settings.update(options)
     return miracle.compress(Tiny(), data, out=tmp_path / "tiny.mrc", **settings)
@@ -97,7 +97,7 @@ def test_the_readme_example_runs(tmp_path, mnist_root, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(restored.parameters(), decoded.parameters()))
 
 
-CLI_RUN = ["compress", "--model", "lenet300", "--dataset", "mnist", "--budget", "100B", "--bits-per-block", "8",
+CLI_RUN = ["compress", "--model", "lenet300", "--dataset", "mnist", "--index-budget", "100B", "--bits-per-block", "8",
            "--steps", "150", "--batch-size", "32", "--blocks-per-group", "5", "--retrain-steps", "15", "--quiet"]
 
 
@@ -126,8 +126,12 @@ def test_a_killed_compress_resumes_to_the_same_file(tmp_path, mnist_root):
 
 
 @pytest.mark.parametrize("make_args, message", [
-    (lambda tmp: ["compress", "--model", "lenet5", "--dataset", "mnist", "--budget", "1B", "-o", str(tmp / "x.mrc")],
-     "smaller than one block"),
+    (lambda tmp: ["compress", "--model", "lenet5", "--dataset", "mnist", "--index-budget", "1B", "-o",
+                  str(tmp / "x.mrc")], "smaller than one block"),
+    (lambda tmp: ["compress", "--model", "lenet5-relu", "--dataset", "mnist", "--budget", "60B", "-o",
+                  str(tmp / "x.mrc")], "give --budget 77B or more"),
+    (lambda tmp: ["compress", "--model", "lenet5-relu", "--dataset", "mnist", "--budget", "1.5KB", "--index-budget",
+                  "1.5KB", "-o", str(tmp / "x.mrc")], "the budget is given twice"),
     (lambda tmp: ["compress", "--model", "lenet5", "--dataset", "mnist", "--budget", "1KB", "-o",
                   str(tmp / "no" / "such" / "dir" / "x.mrc")], "cannot write the output file"),
     (lambda tmp: ["compress", "--from", str(tmp / "missing.pt"), "-o", str(tmp / "x.mrc")], "no such checkpoint"),
@@ -145,7 +149,7 @@ def test_cli_bad_input(tmp_path, mnist_root, make_args, message):
 
 def test_from_checkpoint_of_another_model_is_refused(tmp_path, mnist_root):
     env = {"MIRACLE_DATA": str(mnist_root)}
-    trained = run_cli("train", "--model", "lenet300", "--dataset", "mnist", "--budget", "100B", "--bits-per-block",
+    trained = run_cli("train", "--model", "lenet300", "--dataset", "mnist", "--index-budget", "100B", "--bits-per-block",
                       "8", "--steps", "3", "--quiet", "--out", str(tmp_path / "run"), env=env)
     assert trained.returncode == 0, trained.stderr
     result = run_cli("compress", "--from", str(tmp_path / "run" / "checkpoint.pt"), "--model", "lenet5",

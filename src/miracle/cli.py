@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from . import data as data_module
-from .compress import check_writable, decompress, run_compression, work_dir_for
+from .budget import INDEX, Budget
+from .compress import check_writable, decompress, index_bits_for, run_compression, work_dir_for
 from .errors import MiracleError
 from .fileformat import FORMAT_VERSION, byte_breakdown, read_mrc
 from .models import create_model, get_model_spec, model_names
@@ -17,7 +18,6 @@ from .posteriors import POSTERIORS, MeanKL
 from .progressive import CodingConfig
 from .provenance import provenance
 from .training import TrainConfig, Trainer, accuracy, evaluate_posterior, load_checkpoint, save_atomic
-from .units import parse_budget_bits
 from .variational import VariationalConfig, VariationalModel
 
 # MIRACLE's published LeNet-5 / MNIST point, without side information (method.md section 7).
@@ -28,7 +28,10 @@ def _variational_options(p: argparse.ArgumentParser, required: bool = True) -> N
     p.add_argument("--model", required=required, help=f"registered model: {', '.join(model_names())}")
     p.add_argument("--dataset", required=required, help=f"dataset: {', '.join(data_module.DATASETS)}")
     p.add_argument("--param", default="mean-kl", help=f"posterior: {', '.join(POSTERIORS)} (default mean-kl)")
-    p.add_argument("--budget", required=required, help="total budget, e.g. 1.5KB (1 KB = 1000 bytes), 12000bits")
+    p.add_argument("--budget", default=None,
+                   help="the size of the whole file, e.g. 1.52KB (1 KB = 1000 bytes), 1520B")
+    p.add_argument("--index-budget", default=None,
+                   help="instead of --budget: the indices alone, as papers count (e.g. 1.5KB, 12000bits)")
     p.add_argument("--bits-per-block", type=int, default=16, help="C_loc, 1..24 (default 16)")
     p.add_argument("--no-hashing", action="store_true", help="one free variable per weight")
     p.add_argument("--kl-bits", type=float, default=None, help="Mean-KL: KL per block (default: bits per block)")
@@ -63,10 +66,13 @@ def _configs(args) -> tuple[VariationalConfig, TrainConfig]:
         raise MiracleError("--steps and --batch-size must be at least 1")
     if args.lr is not None and not 0 < args.lr < float("inf"):
         raise MiracleError(f"the learning rate must be a positive number, got {args.lr}")
-    spec = get_model_spec(args.model)
+    group_sizes = {} if args.no_hashing else get_model_spec(args.model).group_sizes
+    index_bits = index_bits_for(Budget.from_options(args.budget, args.index_budget),
+                                create_model(args.model, args.seed), bits_per_block=args.bits_per_block,
+                                group_sizes=group_sizes, seed=args.seed, model_name=args.model)
     vconfig = VariationalConfig(
-        budget_bits=parse_budget_bits(args.budget), param=args.param, bits_per_block=args.bits_per_block,
-        group_sizes={} if args.no_hashing else spec.group_sizes, hash_seed=args.seed,
+        budget_bits=index_bits, param=args.param, bits_per_block=args.bits_per_block,
+        group_sizes=group_sizes, hash_seed=args.seed,
         partition_seed=args.seed, kl_bits=args.kl_bits, mean_kl_form=args.mean_kl_form,
         beta_initial=args.beta_initial, eps_beta=args.eps_beta,
     )
@@ -122,7 +128,8 @@ def print_train_summary(s: dict) -> None:
 def _compress_setup(args):
     """(model name, dataset, vconfig, tconfig, start_from) from the options or from --from."""
     if args.from_checkpoint is None:
-        missing = [f"--{k}" for k in ("model", "dataset", "budget") if getattr(args, k) is None]
+        missing = [f"--{k}" for k in ("model", "dataset") if getattr(args, k) is None]
+        missing += ["--budget"] if args.budget is None and args.index_budget is None else []
         if missing:
             raise MiracleError(f"compress needs {', '.join(missing)} (or --from CHECKPOINT of `miracle train`)")
         return (args.model, args.dataset, *_configs(args), None)
@@ -140,6 +147,8 @@ def _compress_setup(args):
 
 def cmd_compress(args) -> dict:
     model_name, dataset, vconfig, tconfig, start_from = _compress_setup(args)
+    budget = (Budget(vconfig.budget_bits, INDEX) if start_from
+              else Budget.from_options(args.budget, args.index_budget))
     coding = CodingConfig(args.blocks_per_group, args.retrain_steps, args.rule, coder_seed=tconfig.seed,
                           sender_seed=tconfig.seed, retrain_lr=args.retrain_lr)
     train_split = data_module.load(dataset, "train", args.data_dir)
@@ -162,6 +171,9 @@ def cmd_compress(args) -> dict:
         "test_error": round(1 - test_accuracy, 6),
         "test_accuracy": test_accuracy,
         "index_bits": result.index_bits,
+        "index_bytes": (result.index_bits + 7) // 8,
+        "side_bytes": result.size_bytes - (result.index_bits + 7) // 8,
+        "budget": dataclasses.asdict(budget),
         "blocks": result.num_blocks,
         "bits_per_block": result.bits_per_block,
         # Training alone (the trainer's clock goes on through the retraining while coding).
@@ -218,6 +230,7 @@ def cmd_inspect(args) -> dict:
         "fingerprint": contents.fingerprint.hex(),
         "blocks": contents.num_blocks,
         "bits_per_block": contents.bits_per_block,
+        "index_bits": contents.num_blocks * contents.bits_per_block,
         "block_dim": contents.block_dim,
         "generator_version": contents.generator_version,
         "seeds": {"coder": contents.coder_seed, "hash": contents.hash_seed, "partition": contents.partition_seed},

@@ -11,6 +11,7 @@ scales, uncoded tensors) and the indices, nothing left out.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -21,13 +22,13 @@ from torch import nn
 
 from . import coder
 from .blocks import BlockLayout
+from .budget import Budget
 from .data import Split
 from .errors import InvalidInput, MiracleError
-from .fileformat import MrcContents, model_fingerprint, read_mrc, write_mrc
+from .fileformat import MrcContents, encode_mrc, model_fingerprint, read_mrc, write_mrc
 from .models import create_model
 from .progressive import CodingConfig, code_progressively
 from .training import TrainConfig, Trainer, evaluate_posterior
-from .units import parse_budget_bits
 from .variational import VariationalConfig, VariationalModel, select_parameters
 
 
@@ -63,6 +64,29 @@ def _uncoded_tensors(model: nn.Module, coded_names: set[str]) -> dict[str, torch
     # BatchNorm's affine weights and running statistics); integer counters are not needed.
     return {name: value.detach().float().clone() for name, value in model.state_dict().items()
             if name not in coded_names and value.is_floating_point()}
+
+
+def index_bits_for(budget: Budget, model: nn.Module, *, bits_per_block: int, group_sizes: dict[str, int],
+                   include=None, exclude=None, seed: int = 0, model_name: str = "") -> int:
+    """The index bits (a whole number of blocks) that ``budget`` leaves for ``model`` coded
+    with these settings; the seeds and the model's name are in the file's header."""
+    selected = select_parameters(model, include, exclude)
+    shapes = [(name, tuple(p.shape)) for name, p in selected.items()]
+    groups = [int(group_sizes.get(name, 1)) for name in selected]
+    num_free = sum(math.ceil(math.prod(shape) / g) for (_, shape), g in zip(shapes, groups))
+    uncoded = _uncoded_tensors(model, set(selected))
+
+    def file_bytes_for(num_blocks: int) -> int:
+        return len(encode_mrc(MrcContents(
+            model_name=model_name, fingerprint=model_fingerprint(shapes),
+            generator_version=coder.CANDIDATE_GENERATOR_VERSION, coder_seed=seed, hash_seed=seed,
+            partition_seed=seed, bits_per_block=bits_per_block, num_blocks=num_blocks,
+            block_dim=math.ceil(num_free / num_blocks), group_sizes=groups,
+            prior_scales=torch.ones(len(groups)), indices=torch.zeros(num_blocks, dtype=torch.long),
+            uncoded=uncoded,
+        )))
+
+    return budget.num_blocks(bits_per_block, file_bytes_for, max_blocks=num_free) * bits_per_block
 
 
 def contents_of(vmodel: VariationalModel, coding: CodingConfig, model_name: str = "") -> MrcContents:
@@ -114,9 +138,10 @@ def check_writable(out: str | os.PathLike) -> None:
 def compress(
     model: nn.Module,
     train_data: Split,
-    budget: str | int,
+    budget: str | int | None,
     out: str | os.PathLike,
     *,
+    index_budget: str | int | None = None,
     param: str = "mean-kl",
     bits_per_block: int = 16,
     group_sizes: dict[str, int] | None = None,
@@ -143,15 +168,20 @@ def compress(
     progress: bool = True,
 ) -> CompressResult:
     """Compress ``model`` (any nn.Module with Linear/Conv layers) trained on ``train_data``
-    into the file ``out`` whose size fits ``budget`` (e.g. "1.5KB"; 1 KB = 1000 bytes).
+    into the file ``out`` of at most ``budget`` (e.g. "1.52KB"; 1 KB = 1000 bytes), everything
+    included. ``index_budget`` instead counts the indices alone (give one of the two).
 
     ``model`` is trained in place of a copy: afterwards it holds the decoded weights. The
     checkpoint goes to ``work_dir`` (default: ``out`` + ".work"); running the same call again
     after an interruption resumes there and writes the same file.
     """
+    group_sizes = dict(group_sizes or {})
+    index_bits = index_bits_for(Budget.from_options(budget, index_budget), model, bits_per_block=bits_per_block,
+                                group_sizes=group_sizes, include=include, exclude=exclude, seed=seed,
+                                model_name=model_name)
     vconfig = VariationalConfig(
-        budget_bits=parse_budget_bits(budget), param=param, bits_per_block=bits_per_block,
-        group_sizes=dict(group_sizes or {}), include=include, exclude=exclude, hash_seed=seed,
+        budget_bits=index_bits, param=param, bits_per_block=bits_per_block,
+        group_sizes=group_sizes, include=include, exclude=exclude, hash_seed=seed,
         partition_seed=seed, kl_bits=kl_bits, mean_kl_form=mean_kl_form, beta_initial=beta_initial,
         eps_beta=eps_beta,
     )
