@@ -7,9 +7,10 @@ Times, in one process and on the same batches, three training steps of the same 
 
 The three are timed in interleaved rounds (plain, Mean-KL, Mean-Var, plain, ...) so that a
 change in the machine's load hits all three alike; each figure is the median over rounds of
-the mean step time in a round. With ``--busy`` another process keeps one core busy for the
-whole measurement. The threading is the product's (:mod:`miracle.threads`) unless
-``--threads`` fixes it.
+the mean step time in a round. With ``--busy`` another process spins on one core in some
+rounds and is stopped in the others, so that three conditions are measured in the same run:
+idle with the product's threads, idle with one thread, and busy with the product's threads. The threading is the product's (:mod:`miracle.threads`: as many threads as cores are idle
+when the run starts, the other process already running) unless ``--threads`` fixes it.
 
     python benchmarks/training.py --json           # one JSON line
     python benchmarks/training.py --busy --json    # the same with one core kept busy
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -29,12 +31,13 @@ import torch
 from torch import nn
 
 from miracle import threads
-from miracle.config import CompressConfig
+from miracle.budget import Budget
+from miracle.compress import index_bits_for
 from miracle.data import load
-from miracle.models import create_model, get_model_spec
+from miracle.models import create_model, get_model_spec, model_names
 from miracle.provenance import provenance
-from miracle.training import Trainer, batch_indices
-from miracle.variational import VariationalModel
+from miracle.training import TrainConfig, Trainer, batch_indices
+from miracle.variational import VariationalConfig, VariationalModel
 
 
 class PlainStep:
@@ -55,68 +58,83 @@ class PlainStep:
 
 
 def make_steppers(model_name: str, budget: str, batch_size: int, data) -> dict:
-    steppers = {"plain": None, "mean_kl": None, "mean_var": None}
+    group_sizes = get_model_spec(model_name).group_sizes
+    index_bits = index_bits_for(Budget.from_options(budget), create_model(model_name), bits_per_block=16,
+                                group_sizes=group_sizes, model_name=model_name)
+    train = TrainConfig(batch_size=batch_size)
+    steppers = {"plain": PlainStep(create_model(model_name), data, train)}
     for key, param in (("mean_kl", "mean-kl"), ("mean_var", "mean-var")):
-        config = CompressConfig.for_model(model_name, budget=budget, param=param, batch_size=batch_size)
-        vmodel = VariationalModel(create_model(model_name, 0), config.variational_for(create_model(model_name, 0)))
-        steppers[key] = Trainer(vmodel, data, config.train)
-    steppers["plain"] = PlainStep(create_model(model_name, 0), data, steppers["mean_kl"].config)
+        vconfig = VariationalConfig(budget_bits=index_bits, param=param, group_sizes=group_sizes)
+        steppers[key] = Trainer(VariationalModel(create_model(model_name), vconfig), data, train)
     return steppers
 
 
-def measure(steppers: dict, rounds: int, steps_per_round: int, warmup: int) -> dict[str, float]:
+def measure(steppers: dict, conditions: list[tuple[str, int]], busy, rounds: int, steps_per_round: int,
+            warmup: int) -> dict[str, dict[str, float]]:
+    """ms per step of every stepper under every condition (name, threads), interleaved: each
+    round runs every condition and every stepper once. Conditions named "busy..." run with the
+    busy process going, the others with it stopped (SIGSTOP)."""
     for stepper in steppers.values():
         for _ in range(warmup):
             stepper.train_step()
-    per_round = {key: [] for key in steppers}
+    per_round = {(condition, key): [] for condition, _ in conditions for key in steppers}
     for _ in range(rounds):
-        for key, stepper in steppers.items():
-            start = time.perf_counter()
-            for _ in range(steps_per_round):
-                stepper.train_step()
-            per_round[key].append(1000 * (time.perf_counter() - start) / steps_per_round)
-    return {key: statistics.median(values) for key, values in per_round.items()}
+        for condition, count in conditions:
+            if busy:
+                busy.send_signal(signal.SIGCONT if condition.startswith("busy") else signal.SIGSTOP)
+                time.sleep(0.05)
+            torch.set_num_threads(count)
+            for key, stepper in steppers.items():
+                start = time.perf_counter()
+                for _ in range(steps_per_round):
+                    stepper.train_step()
+                per_round[condition, key].append(1000 * (time.perf_counter() - start) / steps_per_round)
+    ms = {condition: {} for condition, _ in conditions}
+    for (condition, key), values in per_round.items():
+        ms[condition][key] = round(statistics.median(values), 2)
+    return ms
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="lenet5-relu", choices=sorted(get_model_spec.__globals__["_REGISTRY"]))
+    parser.add_argument("--model", default="lenet5-relu", choices=model_names())
     parser.add_argument("--budget", default="1.52KB")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None, help="fix the thread count (default: the product's)")
+    parser.add_argument("--threads", default=threads.AUTO,
+                        help="a thread count, or auto (the product's default: the cores idle at the start)")
     parser.add_argument("--busy", action="store_true", help="keep one core busy in another process")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps-per-round", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps-per-round", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--data-dir", default=None, help="folder with MNIST (default: $MIRACLE_DATA, then the cache)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args()
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    else:
-        threads.configure()
-    data = load("mnist", "train")
+    data = load("mnist", "train", args.data_dir)
     steppers = make_steppers(args.model, args.budget, args.batch_size, data)
+    # The product's choice, made as a run would make it: with the other process running or not.
+    conditions = [("idle", threads.use_threads(args.threads))]
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
     try:
         if busy:
-            time.sleep(0.5)  # let the scheduler see the other process
-        ms = measure(steppers, args.rounds, args.steps_per_round, args.warmup)
+            time.sleep(0.5)
+            conditions += [("idle_1_thread", 1), ("busy", threads.use_threads(args.threads))]
+        ms = measure(steppers, conditions, busy, args.rounds, args.steps_per_round, args.warmup)
     finally:
         if busy:
             busy.kill()
             busy.wait()
-    result = {
-        "model": args.model, "batch_size": args.batch_size, "busy_core": args.busy,
-        "threads": torch.get_num_threads(), "thread_policy": threads.describe(),
-        "plain_ms": round(ms["plain"], 2), "mean_kl_ms": round(ms["mean_kl"], 2),
-        "mean_var_ms": round(ms["mean_var"], 2),
-        "mean_kl_over_plain": round(ms["mean_kl"] / ms["plain"], 3),
-        "mean_var_over_plain": round(ms["mean_var"] / ms["plain"], 3),
-        "mean_kl_over_mean_var": round(ms["mean_kl"] / ms["mean_var"], 3),
-        "load_average": os.getloadavg()[0],
-        **provenance(),
-    }
+    result = {"model": args.model, "batch_size": args.batch_size, "threads_asked": args.threads,
+              "threads": dict(conditions)}
+    for condition, step_ms in ms.items():
+        prefix = "" if condition == "idle" else condition + "_"
+        result.update({f"{prefix}{key}_ms": value for key, value in step_ms.items()})
+        result[f"{prefix}mean_kl_over_plain"] = round(step_ms["mean_kl"] / step_ms["plain"], 3)
+        result[f"{prefix}mean_kl_over_mean_var"] = round(step_ms["mean_kl"] / step_ms["mean_var"], 3)
+    if busy:  # the target: a step with one core busy against a one-thread step on an idle machine
+        result.update({f"busy_over_idle_1_thread_{key}": round(ms["busy"][key] / ms["idle_1_thread"][key], 3)
+                       for key in steppers})
+    result.update({"load_average": os.getloadavg()[0], **provenance()})
     if args.json:
         print(json.dumps(result))
     else:

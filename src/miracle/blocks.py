@@ -32,6 +32,34 @@ from .randomness import STREAM_HASHING, STREAM_PARTITION, random_permutation, ra
 MIN_BITS_PER_BLOCK, MAX_BITS_PER_BLOCK = 1, 24
 
 
+class _InjectiveGather(torch.autograd.Function):
+    """``source[index]`` for an index without repeats, whose gradient is again a gather.
+
+    Autograd's own backward of a gather is a scatter-add (``index_put_`` with accumulation),
+    several times slower on the CPU. Without repeats every source element receives at most one
+    gradient value, so the backward reads it through the inverse map, where ``inverse[i]`` is
+    the output position of source element i, or ``len(index)`` (a zero) if it is not gathered.
+    The result is exact, the same bits as the scatter-add's. Both ways use ``index_select``,
+    about four times faster on the CPU than advanced indexing ``source[index]``.
+    """
+
+    @staticmethod
+    def forward(ctx, source, index, inverse):
+        ctx.save_for_backward(inverse)
+        return source.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return torch.cat([grad, grad.new_zeros(1)]).index_select(0, inverse), None, None
+
+
+def _inverse_of(index: torch.Tensor, source_size: int) -> torch.Tensor:
+    inverse = torch.full((source_size,), len(index), dtype=torch.long)
+    inverse[index] = torch.arange(len(index))
+    return inverse
+
+
 @dataclass(frozen=True)
 class TensorEntry:
     """One coded tensor: where its free variables start in the model's free-variable vector."""
@@ -114,6 +142,9 @@ class BlockLayout:
         tensor_of_slot[self.slot_of_free] = tensor_of_free
         self.tensor_of_slot = tensor_of_slot.view(num_blocks, self.block_dim)
         self._slot_one_hot: torch.Tensor | None = None
+        self._free_of_slot = _inverse_of(self.slot_of_free, num_blocks * self.block_dim)
+        self._hash_inverse = [_inverse_of(index, t.num_free * t.group_size)
+                              for t, index in zip(self.tensors, self._hash_index)]
 
     def _hashing(self, entry: TensorEntry, tensor_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         if entry.group_size == 1:
@@ -138,16 +169,16 @@ class BlockLayout:
 
     def blocks_to_tensors(self, blocks: torch.Tensor) -> dict[str, torch.Tensor]:
         """Block values [B, D] -> the model's parameter tensors (hashing expanded)."""
-        free = blocks.reshape(-1)[self.slot_of_free]
+        free = _InjectiveGather.apply(blocks.reshape(-1), self.slot_of_free, self._free_of_slot)
         out = {}
-        for entry, index, sign in zip(self.tensors, self._hash_index, self._hash_sign):
+        for entry, index, inverse, sign in zip(self.tensors, self._hash_index, self._hash_inverse, self._hash_sign):
             values = free[entry.offset : entry.offset + entry.num_free]
             if entry.group_size > 1:
                 # expand + permutation rather than values[index_with_repeats]: the backward of
                 # a gather with repeated indices accumulates in a thread-dependent order, and
                 # training must be bit-reproducible to resume exactly.
                 repeated = values[:, None].expand(-1, entry.group_size).reshape(-1)
-                values = repeated[index] * sign.to(values.dtype)
+                values = _InjectiveGather.apply(repeated, index, inverse) * sign.to(values.dtype)
             out[entry.name] = values.view(entry.shape)
         return out
 

@@ -8,7 +8,10 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from . import data as data_module
+from . import threads
 from .budget import INDEX, Budget
 from .compress import check_writable, decompress, index_bits_for, run_compression, work_dir_for
 from .errors import MiracleError
@@ -50,6 +53,11 @@ def _variational_options(p: argparse.ArgumentParser, required: bool = True) -> N
     p.add_argument("--kl-anneal-steps", type=int, default=TrainConfig.kl_anneal_steps,
                    help="training steps over which the budget narrows to the real one")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice of the run")
+
+
+def _threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", default=threads.AUTO,
+                   help="threads to compute with: a number, or auto (default: the cores idle at the start)")
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
@@ -97,6 +105,7 @@ def _posterior_summary(trainer: Trainer, scores: dict, train_seconds: float) -> 
 
 def cmd_train(args) -> dict:
     vconfig, tconfig = _configs(args)
+    threads.use_threads(args.threads)
     train_split = data_module.load(args.dataset, "train", args.data_dir)
     test_split = data_module.load(args.dataset, "test", args.data_dir)
     trainer = Trainer(VariationalModel(create_model(args.model, tconfig.seed), vconfig), train_split, tconfig, args.out,
@@ -147,6 +156,7 @@ def _compress_setup(args):
 
 def cmd_compress(args) -> dict:
     model_name, dataset, vconfig, tconfig, start_from = _compress_setup(args)
+    threads.use_threads(args.threads)
     budget = (Budget(vconfig.budget_bits, INDEX) if start_from
               else Budget.from_options(args.budget, args.index_budget))
     coding = CodingConfig(args.blocks_per_group, args.retrain_steps, args.rule, coder_seed=tconfig.seed,
@@ -180,6 +190,7 @@ def cmd_compress(args) -> dict:
         "before_coding": (_posterior_summary(trainer, result.before_coding, result.train_seconds)
                           if result.before_coding else None),
         "coding": coding.to_dict(),
+        "threads": torch.get_num_threads(),
         "seconds": round(result.seconds, 2),
         "miracle_published": MIRACLE_PUBLISHED,
         **provenance(),
@@ -277,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a variational posterior within a budget")
     _variational_options(train)
     _data_dir_option(train)
+    _threads_option(train)
     train.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl, summary.json")
     _output_options(train)
     train.set_defaults(func=cmd_train, printer=print_train_summary)
@@ -284,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress = sub.add_parser("compress", help="train and code a model into a .mrc file")
     _variational_options(compress, required=False)
     _data_dir_option(compress)
+    _threads_option(compress)
     compress.add_argument("-o", "--output", required=True, help="the .mrc file to write")
     compress.add_argument("--from", dest="from_checkpoint", default=None,
                           help="code a model trained by `miracle train` (its checkpoint.pt)")

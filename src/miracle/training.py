@@ -14,6 +14,7 @@ exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -96,11 +97,16 @@ def _derived_generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _batch_indices(step: int, num_examples: int, batch_size: int, seed: int) -> torch.Tensor:
+def batch_indices(step: int, num_examples: int, batch_size: int, seed: int) -> torch.Tensor:
     per_epoch = num_examples // batch_size
     epoch, position = divmod(step, per_epoch)
-    order = torch.randperm(num_examples, generator=_derived_generator(seed, 1, epoch))
-    return order[position * batch_size : (position + 1) * batch_size]
+    return _epoch_order(num_examples, seed, epoch)[position * batch_size : (position + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
+    # Drawn once per epoch, not once per step (a permutation of 60,000 costs about a millisecond).
+    return torch.randperm(num_examples, generator=_derived_generator(seed, 1, epoch))
 
 
 @torch.no_grad()
@@ -167,6 +173,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_atomic(
             {"identity": self._identity(), "step": self.step, "seconds": self.seconds,
+             "threads": torch.get_num_threads(),
              "vmodel": self.vmodel.state_dict(), "optimizer": self.optimizer.state_dict()},
             self.out_dir / CHECKPOINT_NAME,
         )
@@ -194,6 +201,8 @@ class Trainer:
             self.vmodel.freeze_prior()  # coding had started: the scales are in the file
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.seconds = state["step"], state["seconds"]
+        if "threads" in state:  # the sums of a step depend on it: continue as the run began
+            torch.set_num_threads(state["threads"])
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             _truncate_metrics(self.out_dir / METRICS_NAME, self.step)
@@ -203,7 +212,7 @@ class Trainer:
     def train_step(self, lr: float | None = None) -> dict:
         """One optimiser step, at ``lr`` or else at the schedule's rate for this step."""
         vm, cfg = self.vmodel, self.config
-        index = _batch_indices(self.step, len(self.data), cfg.batch_size, cfg.seed)
+        index = batch_indices(self.step, len(self.data), cfg.batch_size, cfg.seed)
         images, labels = self.data.images[index], self.data.labels[index]
         budget_scale = cfg.budget_scale(self.step)
         mean_std = vm.block_mean_std(budget_scale)  # once per step: Mean-KL's Lambert W is not cheap
