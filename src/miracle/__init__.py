@@ -5,7 +5,8 @@
 """
 
 from .compress import CompressResult, compress, decompress
+from .presets import PRESETS
 from .training import accuracy
 
 __version__ = "0.1.0"
-__all__ = ["compress", "decompress", "accuracy", "CompressResult"]
+__all__ = ["compress", "decompress", "accuracy", "CompressResult", "PRESETS"]

@@ -75,12 +75,16 @@ class TensorEntry:
         return math.prod(self.shape)
 
 
-def num_blocks_for(budget_bits: int, bits_per_block: int) -> int:
+def check_bits_per_block(bits_per_block: int) -> None:
     if not MIN_BITS_PER_BLOCK <= bits_per_block <= MAX_BITS_PER_BLOCK:
         raise InvalidInput(
             f"bits per block must be between {MIN_BITS_PER_BLOCK} and {MAX_BITS_PER_BLOCK}, "
             f"got {bits_per_block}"
         )
+
+
+def num_blocks_for(budget_bits: int, bits_per_block: int) -> int:
+    check_bits_per_block(bits_per_block)
     if budget_bits < bits_per_block:
         raise InvalidInput(
             f"the budget ({budget_bits} bits) is smaller than one block ({bits_per_block} bits); "

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from .blocks import check_bits_per_block
 from .errors import InvalidInput
 from .units import parse_budget_bits
 
@@ -46,12 +47,10 @@ class Budget:
             return cls(parse_budget_bits(budget), FILE)
         return cls(parse_budget_bits(index_budget), INDEX)
 
-    def describe(self) -> str:
-        return f"{self.bits / 8:g} bytes of {'file' if self.counts == FILE else 'indices'}"
-
     def num_blocks(self, bits_per_block: int, file_bytes_for: Callable[[int], int], max_blocks: int) -> int:
         """Blocks of ``bits_per_block`` bits that fit; ``file_bytes_for(B)`` is the size of
         the file with B blocks, ``max_blocks`` the most the model can use (one per free variable)."""
+        check_bits_per_block(bits_per_block)
         if self.counts == INDEX:
             if self.bits < bits_per_block:
                 raise InvalidInput(

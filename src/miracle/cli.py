@@ -18,6 +18,7 @@ from .errors import MiracleError
 from .fileformat import FORMAT_VERSION, byte_breakdown, read_mrc
 from .models import create_model, get_model_spec, model_names
 from .posteriors import POSTERIORS, MeanKL
+from .presets import PRESETS, get_preset
 from .progressive import CodingConfig
 from .provenance import provenance
 from .training import TrainConfig, Trainer, accuracy, evaluate_posterior, load_checkpoint, save_atomic
@@ -42,15 +43,16 @@ def _variational_options(p: argparse.ArgumentParser, required: bool = True) -> N
                    help="Mean-KL: how a block's KL is split (default free-mean; see the README)")
     p.add_argument("--beta-initial", type=float, default=VariationalConfig.beta_initial, help="Mean-Var: initial beta")
     p.add_argument("--eps-beta", type=float, default=VariationalConfig.eps_beta, help="Mean-Var: annealing rate")
-    p.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps before coding")
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--steps", type=int, default=None, help=f"training steps before coding (default {TrainConfig.steps})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"default {TrainConfig.batch_size}")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-2)")
-    p.add_argument("--lr-schedule", default=TrainConfig.lr_schedule, choices=("cosine", "constant"))
-    p.add_argument("--weight-samples", type=int, default=TrainConfig.weight_samples,
+    p.add_argument("--lr-schedule", default=None, choices=("cosine", "constant"),
+                   help=f"default {TrainConfig.lr_schedule}")
+    p.add_argument("--weight-samples", type=int, default=None,
                    help="weight samples per training step, each on its share of the batch (default 1)")
-    p.add_argument("--kl-anneal-from", type=float, default=TrainConfig.kl_anneal_from,
+    p.add_argument("--kl-anneal-from", type=float, default=None,
                    help="start with every block's budget this many times wider (default 1: no annealing)")
-    p.add_argument("--kl-anneal-steps", type=int, default=TrainConfig.kl_anneal_steps,
+    p.add_argument("--kl-anneal-steps", type=int, default=None,
                    help="training steps over which the budget narrows to the real one")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice of the run")
 
@@ -58,6 +60,30 @@ def _variational_options(p: argparse.ArgumentParser, required: bool = True) -> N
 def _threads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", default=threads.AUTO,
                    help="threads to compute with: a number, or auto (default: the cores idle at the start)")
+
+
+def _preset_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None,
+                   help=f"a named schedule: {', '.join(PRESETS)}; options given explicitly win (see the README)")
+
+
+# Options a preset may set, with the defaults they take without one.
+SCHEDULE_DEFAULTS = {
+    **{name: getattr(TrainConfig, name) for name in
+       ("steps", "batch_size", "lr_schedule", "weight_samples", "kl_anneal_from", "kl_anneal_steps")},
+    **{name: getattr(CodingConfig, name) for name in ("blocks_per_group", "retrain_steps", "retrain_lr")},
+    "lr": None,
+}
+
+
+def apply_preset(args: argparse.Namespace) -> None:
+    """Fill the schedule options the user left out: from ``--preset``, else the defaults."""
+    if not hasattr(args, "steps"):  # a command without a schedule (the study's presets are its own)
+        return
+    preset = get_preset(args.preset) if args.preset else {}
+    for name, default in SCHEDULE_DEFAULTS.items():
+        if hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, preset.get(name, default))
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
@@ -287,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a variational posterior within a budget")
     _variational_options(train)
+    _preset_option(train)
     _data_dir_option(train)
     _threads_option(train)
     train.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl, summary.json")
@@ -295,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compress = sub.add_parser("compress", help="train and code a model into a .mrc file")
     _variational_options(compress, required=False)
+    _preset_option(compress)
     _data_dir_option(compress)
     _threads_option(compress)
     compress.add_argument("-o", "--output", required=True, help="the .mrc file to write")
@@ -302,8 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="code a model trained by `miracle train` (its checkpoint.pt)")
     compress.add_argument("--work-dir", default=None,
                           help="checkpoint, metrics and summary of the run (default: OUTPUT.work)")
-    compress.add_argument("--blocks-per-group", type=int, default=CodingConfig.blocks_per_group)
-    compress.add_argument("--retrain-steps", type=int, default=CodingConfig.retrain_steps)
+    compress.add_argument("--blocks-per-group", type=int, default=None,
+                          help=f"blocks coded between two retrainings (default {CodingConfig.blocks_per_group})")
+    compress.add_argument("--retrain-steps", type=int, default=None,
+                          help=f"retraining steps between groups (default {CodingConfig.retrain_steps})")
     compress.add_argument("--retrain-lr", type=float, default=CodingConfig.retrain_lr,
                           help="Adam learning rate of retraining between groups (default 1e-2 Mean-KL, 1e-3 Mean-Var)")
     compress.add_argument("--rule", default=CodingConfig.rule, help="selection rule: mrc or ordered")
@@ -354,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        apply_preset(args)
         result = args.func(args)
     except MiracleError as exc:
         print(f"miracle: error: {exc}", file=sys.stderr)

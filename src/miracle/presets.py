@@ -1,0 +1,27 @@
+"""Named schedules: how long to train and how to code, measured on LeNet-5 / MNIST.
+
+A preset is a set of training and coding options, by the names that ``compress()`` takes as
+keywords and the command line as options (``steps`` is ``--steps``). On the command line,
+``--preset NAME`` sets them and any option given explicitly wins; in Python, pass them on:
+``miracle.compress(model, data, "1.52KB", "m.mrc", **miracle.PRESETS["fast"])``.
+
+Each preset's figures (file size, test error, wall time, seeds) are in the result files it
+names, made by the commands they record.
+"""
+
+from __future__ import annotations
+
+from .errors import InvalidInput
+
+PRESETS: dict[str, dict] = {
+    # The README's first command: a real result in a few minutes (results/demo-lenet5-relu-mnist.json).
+    "demo": dict(steps=5000, kl_anneal_from=8.0, kl_anneal_steps=1500, blocks_per_group=20, retrain_steps=150),
+    # MIRACLE's 1.52 KB point in about 20 minutes of two cores (results/schedule/).
+    "fast": dict(steps=10000, kl_anneal_from=8.0, kl_anneal_steps=3000, blocks_per_group=10, retrain_steps=150),
+}
+
+
+def get_preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise InvalidInput(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
