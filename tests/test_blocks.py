@@ -87,3 +87,32 @@ def test_lenet5_relu_is_lenet5_with_a_relu_after_each_convolution():
     expected = relu.fc2(F.relu(relu.fc1(h.flatten(1))))
     torch.testing.assert_close(relu(x), expected)
     assert not torch.allclose(caffe(x), expected)
+
+
+def _expansion_by_advanced_indexing(layout, blocks):
+    """The layout's expansion written plainly, with autograd's own gather backward."""
+    free = blocks.reshape(-1)[layout.slot_of_free]
+    out = {}
+    for entry, index, sign in zip(layout.tensors, layout._hash_index, layout._hash_sign):
+        values = free[entry.offset : entry.offset + entry.num_free]
+        if entry.group_size > 1:
+            values = values[:, None].expand(-1, entry.group_size).reshape(-1)[index] * sign
+        out[entry.name] = values.view(entry.shape)
+    return out
+
+
+def test_the_fast_expansion_gives_the_same_values_and_gradients_bit_for_bit():
+    layout = _layout()
+    generator = torch.Generator().manual_seed(2)
+    blocks = torch.randn(layout.num_blocks, layout.block_dim, generator=generator)
+    weights = {name: torch.randn(shape, generator=generator) for name, shape in SHAPES.items()}
+    results = []
+    for expand in (layout.blocks_to_tensors, lambda b: _expansion_by_advanced_indexing(layout, b)):
+        leaf = blocks.clone().requires_grad_(True)
+        tensors = expand(leaf)
+        sum(((tensors[name] * weights[name]) ** 2).sum() for name in SHAPES).backward()
+        results.append((tensors, leaf.grad))
+    (fast, fast_grad), (plain, plain_grad) = results
+    assert all(torch.equal(fast[name], plain[name]) for name in SHAPES)
+    assert torch.equal(fast_grad, plain_grad)
+    assert torch.all(fast_grad[~layout.is_real] == 0) and fast_grad[layout.is_real].abs().min() > 0
