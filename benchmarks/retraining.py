@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=CodingConfig.blocks_per_group)
     parser.add_argument("--retrain", type=int, default=CodingConfig.retrain_steps)
     parser.add_argument("--retrain-lr", type=float, default=None)
+    parser.add_argument("--rule", default=CodingConfig.rule)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -41,7 +42,7 @@ def main() -> None:
     trainer.resume(args.checkpoint)
     before = evaluate_posterior(vmodel, test, tconfig.seed)
     start = time.perf_counter()
-    coding = CodingConfig(args.group, args.retrain, coder_seed=tconfig.seed, sender_seed=tconfig.seed,
+    coding = CodingConfig(args.group, args.retrain, args.rule, coder_seed=tconfig.seed, sender_seed=tconfig.seed,
                           retrain_lr=args.retrain_lr)
     code_progressively(trainer, coding, progress=False)
     print(json.dumps({

@@ -17,7 +17,8 @@ from miracle.coder import coder, decode, encode, kl_bits
 from miracle.coder.candidates import arrival_log2_times, block_candidates, block_transforms, normal_rows
 from miracle.errors import InvalidInput
 
-RULES = ("mrc", "ordered")
+SAMPLING_RULES = ("mrc", "ordered")  # their choice is (approximately) a sample of q
+RULES = (*SAMPLING_RULES, "greedy")
 
 
 @pytest.fixture
@@ -201,7 +202,7 @@ POSTERIORS = {
 NUM_SEEDS = 600
 
 
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", SAMPLING_RULES)
 @pytest.mark.parametrize("name", sorted(POSTERIORS))
 def test_coded_samples_follow_q(name, rule, one_thread):
     mu, sigma, s, bits = POSTERIORS[name]
@@ -250,6 +251,22 @@ def test_ordered_rule_is_the_argmax_over_arrivals():
         objective = log_ratio_nats(mu[g], sigma[g], s[g], w) / math.log(2) - log2_t
         # float32 scores: the chosen index attains the maximum up to rounding.
         assert float(objective.max() - objective[indices[g]]) < 1e-3
+
+
+def test_greedy_rule_is_the_argmax_of_the_log_ratio_and_lands_nearer_the_mean(one_thread):
+    mu, sigma, s = random_blocks(3, 4, seed=7)
+    seed, bits = 22, 9
+    indices, greedy = encode(mu, sigma, s, bits, seed, rule="greedy")
+    for g in range(3):
+        w = s[g].double() * all_candidates(seed, g, 4, bits).double()
+        objective = log_ratio_nats(mu[g], sigma[g], s[g], w)
+        assert float(objective.max() - objective[indices[g]]) < 1e-3 * math.log(2)
+    # Over many blocks, the greedy choice is nearer the posterior's mean (in units of sigma) than a draw.
+    mu, sigma, s = random_blocks(300, 6, seed=8)
+    _, drawn = encode(mu, sigma, s, 10, seed, rule="mrc", sender_seed=1)
+    _, greedy = encode(mu, sigma, s, 10, seed, rule="greedy")
+    distance = lambda w: (((w - mu) / sigma) ** 2).sum(1).mean()
+    assert distance(greedy) < 0.8 * distance(drawn)
 
 
 def test_ordered_rule_prefers_small_indices(one_thread):

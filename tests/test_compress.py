@@ -15,6 +15,7 @@ import miracle
 from miracle.compress import FingerprintMismatch
 from miracle.data import Split
 from miracle.errors import MiracleError
+from miracle.progressive import CodingConfig
 from miracle.training import DEFAULT_RETRAIN_LR, TrainConfig
 
 from conftest import run_cli
@@ -138,6 +139,8 @@ def test_a_killed_compress_resumes_to_the_same_file(tmp_path, mnist_root):
     (lambda tmp: ["compress", "--from", str(tmp / "missing.pt"), "-o", str(tmp / "x.mrc")], "no such checkpoint"),
     (lambda tmp: ["compress", "--model", "lenet5", "--dataset", "mnist", "--budget", "1KB", "--retrain-lr", "-1",
                   "-o", str(tmp / "x.mrc")], "retraining learning rate must be a positive number"),
+    (lambda tmp: ["compress", "--model", "lenet5-relu", "--dataset", "mnist", "--budget", "1.52KB", "--preset",
+                  "nonsense", "-o", str(tmp / "x.mrc")], "unknown preset 'nonsense'; choose one of demo, fast"),
     (lambda tmp: ["evaluate", str(tmp / "missing.mrc"), "--dataset", "mnist"], "no such .mrc file"),
     (lambda tmp: ["inspect", str(README)], "not a miracle .mrc file"),
     (lambda tmp: ["decompress", str(README), "-o", str(tmp / "x.pt")], "not a miracle .mrc file"),
@@ -161,3 +164,16 @@ def test_from_checkpoint_of_another_model_is_refused(tmp_path, mnist_root):
     assert coded.returncode == 0, coded.stderr
     evaluated = run_cli("evaluate", str(tmp_path / "x.mrc"), "--dataset", "mnist", "--json", env=env)
     assert '"model": "lenet300"' in evaluated.stdout and '"size_bytes"' in evaluated.stdout
+
+
+def test_a_preset_sets_the_schedule_and_explicit_options_win(tmp_path, mnist_root):
+    result = run_cli("compress", "--model", "lenet300", "--dataset", "mnist", "--index-budget", "100B",
+                     "--bits-per-block", "8", "--preset", "demo", "--steps", "3", "--kl-anneal-steps", "0",
+                     "--retrain-steps", "1", "-o", str(tmp_path / "x.mrc"), "--json", "--quiet",
+                     env={"MIRACLE_DATA": str(mnist_root)})
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    demo = miracle.PRESETS["demo"]
+    assert summary["before_coding"]["steps"] == 3 and summary["coding"]["retrain_steps"] == 1
+    assert summary["coding"]["blocks_per_group"] == demo["blocks_per_group"] != CodingConfig.blocks_per_group
+    assert summary["preset"] == "demo"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from . import coder
 from . import data as data_module
 from . import threads
 from .budget import INDEX, Budget
@@ -215,6 +216,7 @@ def cmd_compress(args) -> dict:
         # Training alone (the trainer's clock goes on through the retraining while coding).
         "before_coding": (_posterior_summary(trainer, result.before_coding, result.train_seconds)
                           if result.before_coding else None),
+        "preset": args.preset,
         "coding": coding.to_dict(),
         "threads": torch.get_num_threads(),
         "seconds": round(result.seconds, 2),
@@ -336,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"retraining steps between groups (default {CodingConfig.retrain_steps})")
     compress.add_argument("--retrain-lr", type=float, default=CodingConfig.retrain_lr,
                           help="Adam learning rate of retraining between groups (default 1e-2 Mean-KL, 1e-3 Mean-Var)")
-    compress.add_argument("--rule", default=CodingConfig.rule, help="selection rule: mrc or ordered")
+    compress.add_argument("--rule", default=CodingConfig.rule, choices=coder.RULES,
+                          help=f"how the sender picks a candidate (default {CodingConfig.rule}; see the README)")
     _output_options(compress)
     compress.set_defaults(func=cmd_compress, printer=print_compress_summary)
 

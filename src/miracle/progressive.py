@@ -32,7 +32,7 @@ from .training import DEFAULT_RETRAIN_LR, Trainer
 class CodingConfig:
     blocks_per_group: int = 10  # 1 reproduces MIRACLE
     retrain_steps: int = 100  # optimiser steps between groups (I)
-    rule: str = "mrc"  # "mrc" or "ordered"
+    rule: str = "mrc"  # one of coder.RULES: how the sender picks a candidate
     coder_seed: int = 0  # the shared randomness (in the file)
     sender_seed: int = 0  # the sender's private choice among candidates (not in the file)
     retrain_lr: float | None = None  # Adam rate of retraining; None: DEFAULT_RETRAIN_LR of the posterior

@@ -24,6 +24,9 @@ Selection rules:
 - ``"ordered"`` (ordered random coding, Theis & Yosri 2022):
   ``k = argmax_k score_k - ln t_k`` with increasing arrival times ``t_k`` from the shared
   seed; small indices are likelier, so an entropy coder can shorten them.
+- ``"greedy"``: ``k = argmax_k score_k``, the candidate of highest ``q/p``. Not a sample of
+  ``q``: it leans towards the posterior's mean, which is what a decoded network is judged by
+  (the receiver decodes any index the same way, so the choice is the sender's alone).
 
 Fast path. Blocks share one bank of candidates; block ``b`` sees it through a seeded
 permutation of coordinates, sign flips and a row offset. The flips and permutation fold into
@@ -55,7 +58,7 @@ from miracle.errors import InvalidInput
 
 __all__ = ["DEFAULT_BANK_CACHE_BYTES", "RULES", "encode", "decode", "kl_bits"]
 
-RULES = ("mrc", "ordered")
+RULES = ("mrc", "ordered", "greedy")
 
 # The bank's features are kept between calls when they take at most this many bytes
 # (LeNet-5: K = 2**20, D = 44 -> 369 MB); larger banks are regenerated chunk by chunk.
@@ -223,7 +226,7 @@ def encode(
         seed: shared seed, int in [0, 2**64): the receiver needs it to decode.
         block_ids: global block ids (default ``0..G-1``); blocks coded in several calls must
             use distinct ids so that their candidates differ.
-        rule: ``"mrc"`` or ``"ordered"`` (see the module docstring).
+        rule: ``"mrc"``, ``"ordered"`` or ``"greedy"`` (see the module docstring).
         sender_seed: the sender's private seed for the ``"mrc"`` draw, int in [0, 2**64).
         bank_cache_bytes: keep the bank's features (``K * 2D * 4`` bytes) in memory between
             calls if they fit in this many bytes, else stream them in chunks.
@@ -255,8 +258,7 @@ def encode(
         if rule == "mrc":
             bank_rows[columns] = _select_mrc(bank, coefficients[columns], ids[columns], sender_seed)
         else:
-            assert log2_arrivals is not None
-            bank_rows[columns] = _select_ordered(
+            bank_rows[columns] = _select_maximum(
                 bank, coefficients[columns], transforms.row_offsets[columns], log2_arrivals
             )
     # Candidate k of a block is bank row (k + offset) mod K.
@@ -381,10 +383,11 @@ def _select_mrc(
     return chosen
 
 
-def _select_ordered(
-    bank: CandidateBank, coefficients: torch.Tensor, row_offsets: torch.Tensor, log2_arrivals: torch.Tensor
+def _select_maximum(
+    bank: CandidateBank, coefficients: torch.Tensor, row_offsets: torch.Tensor, log2_arrivals: torch.Tensor | None
 ) -> torch.Tensor:
-    """Bank rows maximising score - log2 t_k, with k = (row - offset) mod K; int64 ``[G]``.
+    """Bank rows maximising score - log2 t_k, with k = (row - offset) mod K (ordered), or the
+    score alone when ``log2_arrivals`` is None (greedy); int64 ``[G]``.
 
     (The argmax of ln q/p - ln t is that of log2 q/p - log2 t: the same rule in bits.)
     """
@@ -392,19 +395,20 @@ def _select_ordered(
     chunk_rows = min(ROW_CHUNK, num_candidates)
     # Row j of this view is log2 t_{j .. j+R-1}: each block's arrivals for a chunk are one
     # such window, except for the one chunk where its candidate indices wrap around K.
-    windows = log2_arrivals.unfold(0, chunk_rows, 1)  # [K - R + 1, R], a view, no copy
+    windows = log2_arrivals.unfold(0, chunk_rows, 1) if log2_arrivals is not None else None  # a view
     num_blocks = coefficients.shape[0]
     best = torch.full((num_blocks,), -math.inf, dtype=torch.float32)
     chosen = torch.zeros(num_blocks, dtype=torch.int64)
     for first_row, features in bank.chunks(chunk_rows):
         rows_here = features.shape[0]
         scores = coefficients @ features.T  # [G, R]
-        starts = (first_row - row_offsets) % num_candidates  # candidate index of the chunk's first row
-        wraps = starts > num_candidates - rows_here
-        arrivals = windows[torch.where(wraps, 0, starts), :rows_here]
-        for g in torch.nonzero(wraps).squeeze(1).tolist():
-            arrivals[g] = log2_arrivals[(int(starts[g]) + torch.arange(rows_here)) % num_candidates]
-        scores.sub_(arrivals)
+        if windows is not None:
+            starts = (first_row - row_offsets) % num_candidates  # candidate index of the chunk's first row
+            wraps = starts > num_candidates - rows_here
+            arrivals = windows[torch.where(wraps, 0, starts), :rows_here]
+            for g in torch.nonzero(wraps).squeeze(1).tolist():
+                arrivals[g] = log2_arrivals[(int(starts[g]) + torch.arange(rows_here)) % num_candidates]
+            scores.sub_(arrivals)
         # max-with-index is several times slower than amax in torch, so locate the maximum
         # only in the rows that improve (ties keep the earlier row; argmax returns the first).
         chunk_best = scores.amax(dim=1)
