@@ -13,16 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..published import LENET5_MNIST
 from .stats import mean_and_spread
 
-# method.md section 7 (MIRACLE, Table 1): LeNet-5 on MNIST. MIRACLE's sizes count the indices only.
-PUBLISHED_LENET5_MNIST = [
-    {"method": "Deep Compression", "size_bytes": 44000, "test_error": 0.008},
-    {"method": "Weightless", "size_bytes": 4520, "test_error": 0.010},
-    {"method": "Bayesian Compression", "size_bytes": 2300, "test_error": 0.010},
-    {"method": "MIRACLE, lowest error", "size_bytes": 3030, "test_error": 0.0069},
-    {"method": "MIRACLE, highest compression", "size_bytes": 1520, "test_error": 0.0096},
-]
 PARAMS = ("mean-var", "mean-kl")
 TAIL_QUANTITIES = ("decoded_over_s", "mu_over_s", "sigma_over_s", "kl_bits")
 
@@ -155,7 +148,7 @@ def size_vs_error(summary: dict) -> dict:
              "size_bytes": r["size_bytes"], "test_error": 1 - r["decoded_test_accuracy"]}
             for r in summary["runs"].values() if _compared(summary, r) and r["spec"]["seed"] == 0]
     config = summary["config"]
-    published = PUBLISHED_LENET5_MNIST if (config["model"], config["dataset"]) == ("lenet5", "mnist") else []
+    published = LENET5_MNIST if (config["model"], config["dataset"]) == ("lenet5", "mnist") else []
     return {"ours": sorted(ours, key=lambda p: (p["param"], p["size_bytes"])), "published": published,
             "note": "our sizes are the bytes of our files; MIRACLE's published sizes count the indices only"}
 
