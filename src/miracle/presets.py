@@ -15,7 +15,7 @@ from .errors import InvalidInput
 
 PRESETS: dict[str, dict] = {
     # The README's first command: LeNet-5 at 1.52 KB in about six minutes of two cores
-    # (results/demo-lenet5-relu-mnist.json); probe d1 in results/experiments/schedule-probes.json.
+    # (probe d1 in results/experiments/schedule-probes.json).
     "demo": dict(steps=5000, kl_anneal_from=32.0, kl_anneal_steps=2000, blocks_per_group=20, retrain_steps=150,
                  rule="greedy"),
     # MIRACLE's 1.52 KB point in at most 20 minutes of two cores (results/schedule/).
