@@ -16,7 +16,7 @@ from . import threads
 from .budget import INDEX, Budget
 from .compress import check_writable, decompress, index_bits_for, run_compression, work_dir_for
 from .errors import MiracleError
-from .fileformat import FORMAT_VERSION, byte_breakdown, read_mrc
+from .fileformat import FORMAT_VERSION, byte_breakdown, packed_size, read_mrc
 from .models import create_model, get_model_spec, model_names
 from .posteriors import POSTERIORS, MeanKL
 from .presets import PRESETS, get_preset
@@ -95,13 +95,13 @@ def _data_dir_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder with the datasets (default: $MIRACLE_DATA, then the cache)")
 
 
-def _configs(args) -> tuple[VariationalConfig, TrainConfig]:
+def _configs(args, budget: Budget) -> tuple[VariationalConfig, TrainConfig]:
     if args.steps < 1 or args.batch_size < 1:
         raise MiracleError("--steps and --batch-size must be at least 1")
     if args.lr is not None and not 0 < args.lr < float("inf"):
         raise MiracleError(f"the learning rate must be a positive number, got {args.lr}")
     group_sizes = {} if args.no_hashing else get_model_spec(args.model).group_sizes
-    index_bits = index_bits_for(Budget.from_options(args.budget, args.index_budget),
+    index_bits = index_bits_for(budget,
                                 create_model(args.model, args.seed), bits_per_block=args.bits_per_block,
                                 group_sizes=group_sizes, seed=args.seed, model_name=args.model)
     vconfig = VariationalConfig(
@@ -130,7 +130,7 @@ def _posterior_summary(trainer: Trainer, scores: dict, train_seconds: float) -> 
 
 
 def cmd_train(args) -> dict:
-    vconfig, tconfig = _configs(args)
+    vconfig, tconfig = _configs(args, Budget.from_options(args.budget, args.index_budget))
     threads.use_threads(args.threads)
     train_split = data_module.load(args.dataset, "train", args.data_dir)
     test_split = data_module.load(args.dataset, "test", args.data_dir)
@@ -161,13 +161,14 @@ def print_train_summary(s: dict) -> None:
 
 
 def _compress_setup(args):
-    """(model name, dataset, vconfig, tconfig, start_from) from the options or from --from."""
+    """(model name, dataset, budget, vconfig, tconfig, start_from) from the options or from --from."""
     if args.from_checkpoint is None:
         missing = [f"--{k}" for k in ("model", "dataset") if getattr(args, k) is None]
         missing += ["--budget"] if args.budget is None and args.index_budget is None else []
         if missing:
             raise MiracleError(f"compress needs {', '.join(missing)} (or --from CHECKPOINT of `miracle train`)")
-        return (args.model, args.dataset, *_configs(args), None)
+        budget = Budget.from_options(args.budget, args.index_budget)
+        return (args.model, args.dataset, budget, *_configs(args, budget), None)
     state = load_checkpoint(args.from_checkpoint)
     identity = state["identity"]
     if args.model is not None and args.model != identity["model"]:
@@ -176,15 +177,14 @@ def _compress_setup(args):
         raise MiracleError(f"{args.from_checkpoint} was trained on {identity['dataset']}, not on {args.dataset}")
     # Training is over at the checkpoint's step; coding retrains with its settings.
     tconfig = TrainConfig(**{**identity["train"], "steps": state["step"]})
-    return identity["model"], identity["dataset"], VariationalConfig(**identity["variational"]), tconfig, \
+    vconfig = VariationalConfig(**identity["variational"])
+    return identity["model"], identity["dataset"], Budget(vconfig.budget_bits, INDEX), vconfig, tconfig, \
         args.from_checkpoint
 
 
 def cmd_compress(args) -> dict:
-    model_name, dataset, vconfig, tconfig, start_from = _compress_setup(args)
+    model_name, dataset, budget, vconfig, tconfig, start_from = _compress_setup(args)
     threads.use_threads(args.threads)
-    budget = (Budget(vconfig.budget_bits, INDEX) if start_from
-              else Budget.from_options(args.budget, args.index_budget))
     coding = CodingConfig(args.blocks_per_group, args.retrain_steps, args.rule, coder_seed=tconfig.seed,
                           sender_seed=tconfig.seed, retrain_lr=args.retrain_lr)
     train_split = data_module.load(dataset, "train", args.data_dir)
@@ -207,8 +207,8 @@ def cmd_compress(args) -> dict:
         "test_error": round(1 - test_accuracy, 6),
         "test_accuracy": test_accuracy,
         "index_bits": result.index_bits,
-        "index_bytes": (result.index_bits + 7) // 8,
-        "side_bytes": result.size_bytes - (result.index_bits + 7) // 8,
+        "index_bytes": packed_size(result.num_blocks, result.bits_per_block),
+        "side_bytes": result.size_bytes - packed_size(result.num_blocks, result.bits_per_block),
         "budget": dataclasses.asdict(budget),
         "blocks": result.num_blocks,
         "bits_per_block": result.bits_per_block,
