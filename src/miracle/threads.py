@@ -3,7 +3,7 @@
 On a two-core machine two threads make a training step about 1.4x faster than one, but only
 while both cores are free. When another process keeps one core busy, every parallel operation
 waits for the thread that shares its core with that process, and a step with two threads costs
-about twice what it costs with one (``benchmarks/training.py --busy``; figures in the README).
+far more than one with one thread (``benchmarks/training.py --busy --threads 2`` shows it).
 So ``"auto"`` counts the cores that are idle when the run starts and uses that many threads,
 at least one.
 
