@@ -14,36 +14,38 @@ import time
 
 import torch
 
+from miracle.compress import build_trainer
+from miracle.config import CompressConfig
 from miracle.data import load
 from miracle.models import create_model
-from miracle.progressive import CodingConfig, code_progressively
+from miracle.progressive import code_progressively
 from miracle.provenance import provenance
-from miracle.training import TrainConfig, Trainer, accuracy, evaluate_posterior, load_checkpoint
-from miracle.variational import VariationalConfig, VariationalModel
+from miracle.training import accuracy, evaluate_posterior, load_checkpoint
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
-    parser.add_argument("--group", type=int, default=CodingConfig.blocks_per_group)
-    parser.add_argument("--retrain", type=int, default=CodingConfig.retrain_steps)
+    parser.add_argument("--group", type=int, default=CompressConfig.blocks_per_group)
+    parser.add_argument("--retrain", type=int, default=CompressConfig.retrain_steps)
     parser.add_argument("--retrain-lr", type=float, default=None)
-    parser.add_argument("--rule", default=CodingConfig.rule)
+    parser.add_argument("--rule", default=CompressConfig.rule)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     state = load_checkpoint(args.checkpoint)
     identity = state["identity"]
-    tconfig = TrainConfig(**{**identity["train"], "steps": state["step"]})
-    vmodel = VariationalModel(create_model(identity["model"], tconfig.seed),
-                              VariationalConfig(**identity["variational"]))
+    config = CompressConfig.from_dict(identity["config"]).replace(
+        steps=state["step"], blocks_per_group=args.group, retrain_steps=args.retrain, retrain_lr=args.retrain_lr,
+        rule=args.rule)
     train, test = load(identity["dataset"], "train"), load(identity["dataset"], "test")
-    trainer = Trainer(vmodel, train, tconfig, None, {k: identity[k] for k in ("model", "dataset")})
+    trainer = build_trainer(create_model(identity["model"], config.seed), train, config, None,
+                            model_name=identity["model"], data_name=identity["dataset"])
     trainer.resume(args.checkpoint)
-    before = evaluate_posterior(vmodel, test, tconfig.seed)
+    vmodel = trainer.vmodel
+    before = evaluate_posterior(vmodel, test, config.seed)
     start = time.perf_counter()
-    coding = CodingConfig(args.group, args.retrain, args.rule, coder_seed=tconfig.seed, sender_seed=tconfig.seed,
-                          retrain_lr=args.retrain_lr)
+    coding = config.coding()
     code_progressively(trainer, coding, progress=False)
     print(json.dumps({
         "checkpoint": args.checkpoint, "param": vmodel.config.param, "coding": coding.to_dict(),

@@ -31,13 +31,12 @@ import torch
 from torch import nn
 
 from miracle import threads
-from miracle.budget import Budget
-from miracle.compress import index_bits_for
+from miracle.batches import batch_indices
+from miracle.compress import build_trainer
+from miracle.config import CompressConfig
 from miracle.data import load
-from miracle.models import create_model, get_model_spec, model_names
+from miracle.models import create_model, model_names
 from miracle.provenance import provenance
-from miracle.training import TrainConfig, Trainer, batch_indices
-from miracle.variational import VariationalConfig, VariationalModel
 
 
 class PlainStep:
@@ -58,14 +57,10 @@ class PlainStep:
 
 
 def make_steppers(model_name: str, budget: str, batch_size: int, data) -> dict:
-    group_sizes = get_model_spec(model_name).group_sizes
-    index_bits = index_bits_for(Budget.from_options(budget), create_model(model_name), bits_per_block=16,
-                                group_sizes=group_sizes, model_name=model_name)
-    train = TrainConfig(batch_size=batch_size)
-    steppers = {"plain": PlainStep(create_model(model_name), data, train)}
+    steppers = {"plain": PlainStep(create_model(model_name), data, CompressConfig(batch_size=batch_size))}
     for key, param in (("mean_kl", "mean-kl"), ("mean_var", "mean-var")):
-        vconfig = VariationalConfig(budget_bits=index_bits, param=param, group_sizes=group_sizes)
-        steppers[key] = Trainer(VariationalModel(create_model(model_name), vconfig), data, train)
+        config = CompressConfig(budget=budget, param=param, batch_size=batch_size)
+        steppers[key] = build_trainer(create_model(model_name), data, config, None, model_name=model_name)
     return steppers
 
 

@@ -22,7 +22,7 @@ def _replace(args, flag, value):
         (_replace(BASE, "--index-budget", "lots"), "cannot read the budget"),
         (BASE + ["--bits-per-block", "25"], "between 1 and 24"),
         (BASE + ["--bits-per-block", "0"], "between 1 and 24"),
-        (BASE + ["--param", "mean-std"], "unknown parameterisation"),
+        (BASE + ["--param", "mean-std"], "invalid choice: 'mean-std'"),
         (BASE + ["--lr", "1e12", "--param", "mean-var", "--steps", "50"], "diverged"),
         (BASE + ["--lr", "-1"], "learning rate"),
         (BASE + ["--weight-samples", "0"], "weight samples per step must be between 1 and the batch size"),

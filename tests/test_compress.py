@@ -97,6 +97,14 @@ def test_the_readme_example_runs(tmp_path, mnist_root, monkeypatch):
     restored, decoded = namespace["restored"], namespace["result"].decoded_model()
     assert all(torch.equal(a, b) for a, b in zip(restored.parameters(), decoded.parameters()))
 
+    # The second example goes on from the first: a user's trained weights, DataLoader and loss.
+    own = re.search(r"<!-- readme-example-own -->\n```python\n(.*?)```", README.read_text(), re.S).group(1)
+    exec(compile(own, "README.md", "exec"), namespace)
+    result = namespace["mine_result"]
+    assert (tmp_path / "mine.mrc").stat().st_size == result.size_bytes <= 400
+    assert miracle.accuracy(miracle.decompress(tmp_path / "mine.mrc", model=namespace["TinyNet"]()),
+                            namespace["test"]) > 0.8
+
 
 CLI_RUN = ["compress", "--model", "lenet300", "--dataset", "mnist", "--index-budget", "100B", "--bits-per-block", "8",
            "--steps", "150", "--batch-size", "32", "--blocks-per-group", "5", "--retrain-steps", "15", "--quiet",
@@ -151,17 +159,24 @@ def test_cli_bad_input(tmp_path, mnist_root, make_args, message):
     assert not (tmp_path / "x.mrc").exists() and not (tmp_path / "x.pt").exists()
 
 
-def test_from_checkpoint_of_another_model_is_refused(tmp_path, mnist_root):
+def test_from_checkpoint_refuses_what_contradicts_it_and_takes_coding_options(tmp_path, mnist_root):
     env = {"MIRACLE_DATA": str(mnist_root)}
     trained = run_cli("train", "--model", "lenet300", "--dataset", "mnist", "--index-budget", "100B", "--bits-per-block",
                       "8", "--steps", "3", "--quiet", "--out", str(tmp_path / "run"), env=env)
     assert trained.returncode == 0, trained.stderr
-    result = run_cli("compress", "--from", str(tmp_path / "run" / "checkpoint.pt"), "--model", "lenet5",
-                     "-o", str(tmp_path / "x.mrc"), env=env)
-    assert result.returncode == 2 and "checkpoint of lenet300, not of lenet5" in result.stderr
+    for option, clash in ((["--model", "lenet5"], "--model lenet5 (the checkpoint has lenet300)"),
+                          (["--lr", "0.5"], "--lr 0.5 (the checkpoint has None)"),
+                          (["--steps", "9"], "--steps 9 (the checkpoint has 3)")):
+        result = run_cli("compress", "--from", str(tmp_path / "run" / "checkpoint.pt"), *option,
+                         "-o", str(tmp_path / "x.mrc"), env=env)
+        assert result.returncode == 2 and clash in result.stderr and "leave these options out" in result.stderr
+        assert not (tmp_path / "x.mrc").exists()
     coded = run_cli("compress", "--from", str(tmp_path / "run" / "checkpoint.pt"), "--retrain-steps", "1",
                     "--blocks-per-group", "50", "-o", str(tmp_path / "x.mrc"), "--json", "--quiet", env=env)
     assert coded.returncode == 0, coded.stderr
+    summary = json.loads(coded.stdout)
+    assert summary["coding"]["retrain_steps"] == 1 and summary["coding"]["blocks_per_group"] == 50
+    assert summary["config"]["steps"] == 3 and summary["before_coding"]["steps"] == 3
     evaluated = run_cli("evaluate", str(tmp_path / "x.mrc"), "--dataset", "mnist", "--json", env=env)
     assert '"model": "lenet300"' in evaluated.stdout and '"size_bytes"' in evaluated.stdout
 

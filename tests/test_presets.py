@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from miracle.cli import SCHEDULE_DEFAULTS, build_parser
+from miracle.config import CONFIG_FIELDS, CompressConfig
 from miracle.errors import InvalidInput
 from miracle.presets import PRESETS, get_preset
 
@@ -33,10 +33,12 @@ def test_the_readme_table_lists_every_preset_with_its_options():
             assert documented[name][key].replace(",", "") == (f"{value:g}" if isinstance(value, float) else str(value))
 
 
-def test_every_preset_option_is_a_compress_option():
-    compress = build_parser().parse_args(["compress", "-o", "x.mrc"])
-    for options in PRESETS.values():
-        assert set(options) <= set(SCHEDULE_DEFAULTS) and all(hasattr(compress, key) for key in options)
+def test_every_preset_option_is_a_configuration_field_and_an_explicit_option_wins():
+    for name, options in PRESETS.items():
+        assert set(options) <= set(CONFIG_FIELDS)
+        config = CompressConfig.from_options(name, budget="1.52KB", steps=9999)
+        assert config.steps == 9999
+        assert all(getattr(config, key) == value for key, value in options.items() if key != "steps")
 
 
 def test_an_unknown_preset_names_the_known_ones():

@@ -91,7 +91,7 @@ def test_kl_annealing_narrows_the_budget_geometrically_to_the_real_one(mnist_tra
 def test_each_part_of_the_batch_sees_its_own_weight_sample(mnist_train):
     """With two weight samples, the loss is the mean of the two half-batches' losses, each
     under its own seeded weight sample."""
-    from miracle.training import _derived_generator
+    from miracle.randomness import derived_generator as _derived_generator
 
     small = Split(mnist_train.images[:200], mnist_train.labels[:200])
     trainer = Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=5, batch_size=20, weight_samples=2, seed=4))

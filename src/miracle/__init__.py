@@ -5,8 +5,9 @@
 """
 
 from .compress import CompressResult, compress, decompress
+from .config import CompressConfig
 from .presets import PRESETS
 from .training import accuracy
 
 __version__ = "0.1.0"
-__all__ = ["compress", "decompress", "accuracy", "CompressResult", "PRESETS"]
+__all__ = ["compress", "decompress", "accuracy", "CompressConfig", "CompressResult", "PRESETS"]

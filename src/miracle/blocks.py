@@ -157,6 +157,16 @@ class BlockLayout:
         order = random_permutation(entry.numel, self.hash_seed, STREAM_HASHING, 2 * tensor_id)
         return order, random_signs(entry.numel, self.hash_seed, STREAM_HASHING, 2 * tensor_id + 1)
 
+    def to(self, device: torch.device) -> BlockLayout:
+        """Move the index tensors the forward pass uses to ``device`` (in place)."""
+        for name in ("slot_of_free", "is_real", "tensor_of_slot", "_free_of_slot", "_slot_one_hot"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        for name in ("_hash_index", "_hash_sign", "_hash_inverse"):
+            setattr(self, name, [t.to(device) for t in getattr(self, name)])
+        return self
+
     @property
     def names(self) -> list[str]:
         return [t.name for t in self.tensors]

@@ -4,86 +4,99 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from . import coder
 from . import data as data_module
-from . import threads
-from .budget import INDEX, Budget
-from .compress import check_writable, decompress, index_bits_for, run_compression, work_dir_for
-from .errors import MiracleError
+from . import distributed, threads
+from .compress import build_trainer, check_writable, compress, decompress, work_dir_for
+from .config import CODING_FIELDS, CONFIG_FIELDS, CompressConfig
+from .errors import InvalidInput, MiracleError
 from .fileformat import FORMAT_VERSION, byte_breakdown, packed_size, read_mrc
-from .models import create_model, get_model_spec, model_names
+from .models import build_model, is_registered, load_weights, model_names
 from .posteriors import POSTERIORS, MeanKL
 from .presets import PRESETS, get_preset
-from .progressive import CodingConfig
 from .provenance import provenance
 from .published import MIRACLE_LENET5_MNIST
-from .training import TrainConfig, Trainer, accuracy, evaluate_posterior, load_checkpoint, save_atomic
-from .variational import VariationalConfig, VariationalModel
+from .training import LR_SCHEDULES, accuracy, evaluate_posterior, load_checkpoint, save_atomic
+from .variational import VariationalModel
 
 
+def _config_options(p: argparse.ArgumentParser, coding: bool) -> None:
+    """The fields of :class:`CompressConfig` as options of the same names. An option left out
+    takes the preset's value, else the configuration's default."""
+    d = CompressConfig
+    add = functools.partial(p.add_argument, default=argparse.SUPPRESS)
+    add("--budget", help="the size of the whole file, e.g. 1.52KB (1 KB = 1000 bytes), 1520B")
+    add("--index-budget", help="instead of --budget: the indices alone, as papers count (e.g. 1.5KB, 12000bits)")
+    add("--param", choices=tuple(POSTERIORS), help=f"posterior (default {d.param})")
+    add("--bits-per-block", type=int, help=f"C_loc, 1..24 (default {d.bits_per_block})")
+    add("--no-hashing", dest="group_sizes", action="store_const", const={},
+        help="one free variable per weight (default: the registered model's hashing)")
+    add("--include", action="append", metavar="PATTERN",
+        help="code only the parameters whose names match (fnmatch; repeat for several)")
+    add("--exclude", action="append", metavar="PATTERN", help="do not code the parameters whose names match")
+    add("--kl-bits", type=float, help="Mean-KL: KL per block (default: bits per block)")
+    add("--mean-kl-form", choices=MeanKL.FORMS, help=f"Mean-KL: how a block's KL is split (default {d.mean_kl_form})")
+    add("--beta-initial", type=float, help=f"Mean-Var: initial beta (default {d.beta_initial})")
+    add("--eps-beta", type=float, help=f"Mean-Var: annealing rate (default {d.eps_beta})")
+    add("--steps", type=int, help=f"training steps before coding (default {d.steps})")
+    add("--batch-size", type=int, help=f"examples per step, over all processes (default {d.batch_size})")
+    add("--lr", type=float, help="Adam learning rate (default 1e-2 Mean-KL, 1e-3 Mean-Var)")
+    add("--lr-schedule", choices=LR_SCHEDULES, help=f"default {d.lr_schedule}")
+    add("--weight-samples", type=int,
+        help=f"weight samples per training step, each on its share of the batch (default {d.weight_samples})")
+    add("--kl-anneal-from", type=float,
+        help="start with every block's budget this many times wider (default 1: no annealing)")
+    add("--kl-anneal-steps", type=int, help="training steps over which the budget narrows to the real one")
+    add("--checkpoint-every", type=int, help=f"training steps between two checkpoints (default {d.checkpoint_every})")
+    if coding:
+        add("--blocks-per-group", type=int, help=f"blocks coded between two retrainings (default {d.blocks_per_group})")
+        add("--retrain-steps", type=int, help=f"retraining steps between groups (default {d.retrain_steps})")
+        add("--retrain-lr", type=float,
+            help="Adam learning rate of retraining between groups (default 1e-2 Mean-KL, 1e-3 Mean-Var)")
+        add("--rule", choices=coder.RULES, help=f"how the sender picks a candidate (default {d.rule}; see the README)")
+    add("--seed", type=int, help="seed of every random choice of the run (default 0)")
+    p.add_argument("--preset", default=None,
+                   help=f"a named schedule: {', '.join(PRESETS)}; options given explicitly win (see the README)")
 
-def _variational_options(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required, help=f"registered model: {', '.join(model_names())}")
-    p.add_argument("--dataset", required=required, help=f"dataset: {', '.join(data_module.DATASETS)}")
-    p.add_argument("--param", default="mean-kl", help=f"posterior: {', '.join(POSTERIORS)} (default mean-kl)")
-    p.add_argument("--budget", default=None,
-                   help="the size of the whole file, e.g. 1.52KB (1 KB = 1000 bytes), 1520B")
-    p.add_argument("--index-budget", default=None,
-                   help="instead of --budget: the indices alone, as papers count (e.g. 1.5KB, 12000bits)")
-    p.add_argument("--bits-per-block", type=int, default=16, help="C_loc, 1..24 (default 16)")
-    p.add_argument("--no-hashing", action="store_true", help="one free variable per weight")
-    p.add_argument("--kl-bits", type=float, default=None, help="Mean-KL: KL per block (default: bits per block)")
-    p.add_argument("--mean-kl-form", default=VariationalConfig.mean_kl_form, choices=MeanKL.FORMS,
-                   help="Mean-KL: how a block's KL is split (default free-mean; see the README)")
-    p.add_argument("--beta-initial", type=float, default=VariationalConfig.beta_initial, help="Mean-Var: initial beta")
-    p.add_argument("--eps-beta", type=float, default=VariationalConfig.eps_beta, help="Mean-Var: annealing rate")
-    p.add_argument("--steps", type=int, default=None, help=f"training steps before coding (default {TrainConfig.steps})")
-    p.add_argument("--batch-size", type=int, default=None, help=f"default {TrainConfig.batch_size}")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-2)")
-    p.add_argument("--lr-schedule", default=None, choices=("cosine", "constant"),
-                   help=f"default {TrainConfig.lr_schedule}")
-    p.add_argument("--weight-samples", type=int, default=None,
-                   help="weight samples per training step, each on its share of the batch (default 1)")
-    p.add_argument("--kl-anneal-from", type=float, default=None,
-                   help="start with every block's budget this many times wider (default 1: no annealing)")
-    p.add_argument("--kl-anneal-steps", type=int, default=None,
-                   help="training steps over which the budget narrows to the real one")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice of the run")
+
+def _explicit_options(args: argparse.Namespace) -> dict:
+    """The configuration options the user typed."""
+    return {name: getattr(args, name) for name in CONFIG_FIELDS if hasattr(args, name)}
+
+
+def _model_options(p: argparse.ArgumentParser, training: bool) -> None:
+    p.add_argument("--model", default=None,
+                   help=f"a registered model ({', '.join(model_names())}) or your own class as package.module:ClassName")
+    p.add_argument("--model-args", default=None, metavar="JSON",
+                   help="keyword arguments of your class, as a JSON object, e.g. '{\"width\": 64}'")
+    if training:
+        p.add_argument("--init-from", default=None, metavar="WEIGHTS",
+                       help="a state_dict of trained weights (torch.save): the posterior's means start there")
+        p.add_argument("--device", default=None, help="where to train: cpu (default), cuda, cuda:N or mps")
+
+
+def _model_from_options(args, seed: int) -> nn.Module:
+    try:
+        model_args = json.loads(args.model_args) if args.model_args is not None else None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--model-args is not valid JSON ({exc.msg}); give an object such as '{{\"width\": 64}}'")
+    model = build_model(args.model, seed, model_args)
+    if getattr(args, "init_from", None):
+        load_weights(model, args.init_from)
+    return model
 
 
 def _threads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", default=threads.AUTO,
                    help="threads to compute with: a number, or auto (default: the cores idle at the start)")
-
-
-def _preset_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default=None,
-                   help=f"a named schedule: {', '.join(PRESETS)}; options given explicitly win (see the README)")
-
-
-# Options a preset may set, with the defaults they take without one.
-SCHEDULE_DEFAULTS = {
-    **{name: getattr(TrainConfig, name) for name in
-       ("steps", "batch_size", "lr_schedule", "weight_samples", "kl_anneal_from", "kl_anneal_steps")},
-    **{name: getattr(CodingConfig, name) for name in ("blocks_per_group", "retrain_steps", "retrain_lr", "rule")},
-    "lr": None,
-}
-
-
-def apply_preset(args: argparse.Namespace) -> None:
-    """Fill the schedule options the user left out: from ``--preset``, else the defaults."""
-    if not hasattr(args, "steps"):  # a command without a schedule (the study's presets are its own)
-        return
-    preset = get_preset(args.preset) if args.preset else {}
-    for name, default in SCHEDULE_DEFAULTS.items():
-        if hasattr(args, name) and getattr(args, name) is None:
-            setattr(args, name, preset.get(name, default))
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
@@ -95,53 +108,47 @@ def _data_dir_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder with the datasets (default: $MIRACLE_DATA, then the cache)")
 
 
-def _configs(args, budget: Budget) -> tuple[VariationalConfig, TrainConfig]:
-    if args.steps < 1 or args.batch_size < 1:
-        raise MiracleError("--steps and --batch-size must be at least 1")
-    if args.lr is not None and not 0 < args.lr < float("inf"):
-        raise MiracleError(f"the learning rate must be a positive number, got {args.lr}")
-    group_sizes = {} if args.no_hashing else get_model_spec(args.model).group_sizes
-    index_bits = index_bits_for(budget,
-                                create_model(args.model, args.seed), bits_per_block=args.bits_per_block,
-                                group_sizes=group_sizes, seed=args.seed, model_name=args.model)
-    vconfig = VariationalConfig(
-        budget_bits=index_bits, param=args.param, bits_per_block=args.bits_per_block,
-        group_sizes=group_sizes, hash_seed=args.seed,
-        partition_seed=args.seed, kl_bits=args.kl_bits, mean_kl_form=args.mean_kl_form,
-        beta_initial=args.beta_initial, eps_beta=args.eps_beta,
-    )
-    tconfig = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                          lr_schedule=args.lr_schedule, seed=args.seed, weight_samples=args.weight_samples,
-                          kl_anneal_from=args.kl_anneal_from, kl_anneal_steps=args.kl_anneal_steps)
-    return vconfig, tconfig
+def _new_run(args) -> tuple[CompressConfig, nn.Module]:
+    """The configuration and the model of a run started from the options."""
+    missing = [f"--{k}" for k in ("model", "dataset") if getattr(args, k) is None]
+    if missing:
+        raise InvalidInput(f"{args.command} needs {', '.join(missing)}"
+                           + (" (or --from CHECKPOINT of `miracle train`)" if args.command == "compress" else ""))
+    config = CompressConfig.from_options(args.preset, **_explicit_options(args))
+    if config.budget is None and config.index_budget is None:
+        raise InvalidInput(f"{args.command} needs --budget (the file's size, e.g. 1.52KB) or --index-budget")
+    return config, _model_from_options(args, config.seed)
 
 
-def _posterior_summary(trainer: Trainer, scores: dict, train_seconds: float) -> dict:
-    vmodel = trainer.vmodel
+def _posterior_summary(vmodel: VariationalModel, scores: dict, steps: int, train_seconds: float) -> dict:
     return {
         "param": vmodel.config.param,
         "test_accuracy": scores["test_accuracy_sample"],
         **scores,
         **vmodel.kl_summary(),
-        "steps": trainer.config.steps,
+        "steps": steps,
         "train_seconds": round(train_seconds, 2),
-        "step_ms": round(1000 * train_seconds / max(trainer.config.steps, 1), 2),
+        "step_ms": round(1000 * train_seconds / max(steps, 1), 2),
     }
 
 
-def cmd_train(args) -> dict:
-    vconfig, tconfig = _configs(args, Budget.from_options(args.budget, args.index_budget))
+def cmd_train(args) -> dict | None:
+    config, model = _new_run(args)
     threads.use_threads(args.threads)
     train_split = data_module.load(args.dataset, "train", args.data_dir)
     test_split = data_module.load(args.dataset, "test", args.data_dir)
-    trainer = Trainer(VariationalModel(create_model(args.model, tconfig.seed), vconfig), train_split, tconfig, args.out,
-                      {"model": args.model, "dataset": args.dataset})
+    trainer = build_trainer(model, train_split, config, args.out, model_name=args.model, data_name=args.dataset,
+                            device=args.device)
     trainer.run(progress=not args.quiet)
+    if not distributed.is_main():
+        return None
     summary = {
         "model": args.model, "dataset": args.dataset,
-        **_posterior_summary(trainer, evaluate_posterior(trainer.vmodel, test_split, tconfig.seed), trainer.seconds),
+        **_posterior_summary(trainer.vmodel, evaluate_posterior(trainer.vmodel, test_split, config.seed),
+                             config.steps, trainer.seconds),
         "seconds": round(trainer.seconds, 2),
         "checkpoint": str(Path(args.out) / "checkpoint.pt"),
+        "config": config.to_dict(),
         **provenance(),
     }
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -160,64 +167,82 @@ def print_train_summary(s: dict) -> None:
     )
 
 
-def _compress_setup(args):
-    """(model name, dataset, budget, vconfig, tconfig, start_from) from the options or from --from."""
-    if args.from_checkpoint is None:
-        missing = [f"--{k}" for k in ("model", "dataset") if getattr(args, k) is None]
-        missing += ["--budget"] if args.budget is None and args.index_budget is None else []
-        if missing:
-            raise MiracleError(f"compress needs {', '.join(missing)} (or --from CHECKPOINT of `miracle train`)")
-        budget = Budget.from_options(args.budget, args.index_budget)
-        return (args.model, args.dataset, budget, *_configs(args, budget), None)
+def _from_checkpoint(args) -> tuple[CompressConfig, nn.Module, str]:
+    """The configuration, model and dataset of the checkpoint ``--from`` names. Options that
+    contradict it are refused; the coding options may be given."""
     state = load_checkpoint(args.from_checkpoint)
     identity = state["identity"]
-    if args.model is not None and args.model != identity["model"]:
-        raise MiracleError(f"{args.from_checkpoint} is a checkpoint of {identity['model']}, not of {args.model}")
-    if args.dataset is not None and args.dataset != identity["dataset"]:
-        raise MiracleError(f"{args.from_checkpoint} was trained on {identity['dataset']}, not on {args.dataset}")
-    # Training is over at the checkpoint's step; coding retrains with its settings.
-    tconfig = TrainConfig(**{**identity["train"], "steps": state["step"]})
-    vconfig = VariationalConfig(**identity["variational"])
-    return identity["model"], identity["dataset"], Budget(vconfig.budget_bits, INDEX), vconfig, tconfig, \
-        args.from_checkpoint
+    if "config" not in identity:
+        raise InvalidInput(f"{args.from_checkpoint} was written by an older miracle; train it again")
+    config = CompressConfig.from_dict(identity["config"]).replace(steps=state["step"])
+    explicit = _explicit_options(args)
+    given = {"model": args.model, "dataset": args.dataset, "steps": explicit.get("steps")}
+    recorded = {"model": identity["model"], "dataset": identity["dataset"], "steps": state["step"]}
+    given.update({k: v for k, v in explicit.items() if k not in CODING_FIELDS and k != "steps"})
+    recorded.update({k: getattr(config, k) for k in explicit if k not in CODING_FIELDS and k != "steps"})
+    if given.get("include") is not None:
+        given["include"] = tuple(given["include"])
+    if given.get("exclude") is not None:
+        given["exclude"] = tuple(given["exclude"])
+    clashes = [f"--{k.replace('_', '-')} {given[k]} (the checkpoint has {recorded[k]})"
+               for k in given if given[k] is not None and given[k] != recorded[k]]
+    if clashes:
+        raise InvalidInput(f"{args.from_checkpoint} contradicts {'; '.join(clashes)}: leave these options out "
+                           "(only the coding options may change after training)")
+    config = config.replace(**{k: v for k, v in explicit.items() if k in CODING_FIELDS})
+    if args.preset:
+        config = config.replace(**{k: v for k, v in get_preset(args.preset).items()
+                                   if k in CODING_FIELDS and k not in explicit})
+    if not is_registered(identity["model"]) and args.model is None:
+        raise InvalidInput(f"{args.from_checkpoint} is a checkpoint of your own model {identity['model'] or ''}: "
+                           "pass --model package.module:ClassName (and --model-args)")
+    args.model = identity["model"]
+    return config, _model_from_options(args, config.seed), identity["dataset"]
 
 
-def cmd_compress(args) -> dict:
-    model_name, dataset, budget, vconfig, tconfig, start_from = _compress_setup(args)
-    threads.use_threads(args.threads)
-    coding = CodingConfig(args.blocks_per_group, args.retrain_steps, args.rule, coder_seed=tconfig.seed,
-                          sender_seed=tconfig.seed, retrain_lr=args.retrain_lr)
+def cmd_compress(args) -> dict | None:
+    if args.from_checkpoint is None:
+        (config, model), dataset = _new_run(args), args.dataset
+    else:
+        if args.init_from:
+            raise InvalidInput("--init-from starts a new training; --from continues a trained one: give one")
+        config, model, dataset = _from_checkpoint(args)
     train_split = data_module.load(dataset, "train", args.data_dir)
     test_split = data_module.load(dataset, "test", args.data_dir)
-    model = create_model(model_name, tconfig.seed)
     work = Path(args.work_dir) if args.work_dir else work_dir_for(args.output)
-    trainer = Trainer(VariationalModel(model, vconfig), train_split, tconfig, work,
-                      {"model": model_name, "dataset": dataset, "coding": coding.to_dict()})
-    result = run_compression(trainer, coding, args.output, model_name, not args.quiet, start_from, test_split)
+    result = compress(model, train_split, out=args.output, config=config, test_data=test_split,
+                      device=args.device, model_name=args.model, data_name=dataset, work_dir=work,
+                      start_from=args.from_checkpoint, threads=args.threads, progress=not args.quiet)
+    if not distributed.is_main():
+        return None
     # The figures of the file come from the file, decoded as a receiver would.
-    decoded = decompress(args.output)
+    decoded = decompress(args.output, model if not is_registered(args.model) else None)
     test_accuracy = accuracy(decoded, test_split)
     float32_bytes = 4 * sum(p.numel() for p in decoded.parameters())
+    index_bytes = packed_size(result.num_blocks, result.bits_per_block)
     summary = {
         "output": str(args.output),
-        "model": model_name,
+        "model": args.model,
         "dataset": dataset,
         "size_bytes": result.size_bytes,
         "ratio": round(float32_bytes / result.size_bytes, 1),
         "test_error": round(1 - test_accuracy, 6),
         "test_accuracy": test_accuracy,
         "index_bits": result.index_bits,
-        "index_bytes": packed_size(result.num_blocks, result.bits_per_block),
-        "side_bytes": result.size_bytes - packed_size(result.num_blocks, result.bits_per_block),
-        "budget": dataclasses.asdict(budget),
+        "index_bytes": index_bytes,
+        "side_bytes": result.size_bytes - index_bytes,
+        "uncoded_bytes": result.uncoded_bytes,
+        "budget": dataclasses.asdict(config.budget_spec) if config.budget or config.index_budget else None,
         "blocks": result.num_blocks,
         "bits_per_block": result.bits_per_block,
         # Training alone (the trainer's clock goes on through the retraining while coding).
-        "before_coding": (_posterior_summary(trainer, result.before_coding, result.train_seconds)
+        "before_coding": (_posterior_summary(result.vmodel, result.before_coding, config.steps, result.train_seconds)
                           if result.before_coding else None),
         "preset": args.preset,
-        "coding": coding.to_dict(),
+        "config": config.to_dict(),
+        "coding": config.coding().to_dict(),
         "threads": torch.get_num_threads(),
+        "processes": distributed.world_size(),
         "seconds": round(result.seconds, 2),
         "miracle_published": MIRACLE_LENET5_MNIST,
         **provenance(),
@@ -235,16 +260,25 @@ def print_compress_summary(s: dict) -> None:
         f"{s['output']}: {s['size_bytes']} bytes, everything included ({s['index_bytes']} of them indices: "
         f"{s['blocks']} blocks x {s['bits_per_block']} bits), {s['ratio']:.0f}x smaller than float32\n"
         f"test error of the decoded file: {100 * s['test_error']:.2f}% on {s['dataset']}\n"
-        f"wall time: {s['seconds']:.0f} s ({s['threads']} threads)"
+        f"wall time: {s['seconds']:.0f} s ({s['threads']} threads"
+        + (f" in each of {s['processes']} processes)" if s["processes"] > 1 else ")")
     )
+    if s["uncoded_bytes"]:
+        print(f"not coded, as float32: {len(s['uncoded_bytes'])} tensors, {sum(s['uncoded_bytes'].values())} bytes "
+              f"({', '.join(s['uncoded_bytes'])})")
     if (s["model"], s["dataset"]) in (("lenet5", "mnist"), ("lenet5-relu", "mnist")):
         points = ", ".join(f"{100 * p['test_error']:.2f}% at {p['size_bytes']:,} bytes" for p in MIRACLE_LENET5_MNIST)
         print(f"MIRACLE (published, LeNet-5 on MNIST, index bytes alone): {points}")
 
 
+def _receiver_model(args) -> nn.Module | None:
+    """The model ``--model`` names for a file of a user's own class (the file's own name else)."""
+    return _model_from_options(args, seed=0) if args.model else None
+
+
 def cmd_decompress(args) -> dict:
     check_writable(args.output)
-    model = decompress(args.file)
+    model = decompress(args.file, _receiver_model(args))
     out = Path(args.output)
     save_atomic(model.state_dict(), out)
     return {"output": str(out), "model": read_mrc(args.file).model_name,
@@ -252,7 +286,7 @@ def cmd_decompress(args) -> dict:
 
 
 def cmd_evaluate(args) -> dict:
-    model = decompress(args.file)
+    model = decompress(args.file, _receiver_model(args))
     test_split = data_module.load(args.dataset, "test", args.data_dir)
     test_accuracy = accuracy(model, test_split)
     return {"file": str(args.file), "model": read_mrc(args.file).model_name, "dataset": args.dataset,
@@ -314,8 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a variational posterior within a budget")
-    _variational_options(train)
-    _preset_option(train)
+    _model_options(train, training=True)
+    train.add_argument("--dataset", default=None, help=f"dataset: {', '.join(data_module.DATASETS)}")
+    _config_options(train, coding=False)
     _data_dir_option(train)
     _threads_option(train)
     train.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl, summary.json")
@@ -323,8 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train, printer=print_train_summary)
 
     compress = sub.add_parser("compress", help="train and code a model into a .mrc file")
-    _variational_options(compress, required=False)
-    _preset_option(compress)
+    _model_options(compress, training=True)
+    compress.add_argument("--dataset", default=None, help=f"dataset: {', '.join(data_module.DATASETS)}")
+    _config_options(compress, coding=True)
     _data_dir_option(compress)
     _threads_option(compress)
     compress.add_argument("-o", "--output", required=True, help="the .mrc file to write")
@@ -332,26 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="code a model trained by `miracle train` (its checkpoint.pt)")
     compress.add_argument("--work-dir", default=None,
                           help="checkpoint, metrics and summary of the run (default: OUTPUT.work)")
-    compress.add_argument("--blocks-per-group", type=int, default=None,
-                          help=f"blocks coded between two retrainings (default {CodingConfig.blocks_per_group})")
-    compress.add_argument("--retrain-steps", type=int, default=None,
-                          help=f"retraining steps between groups (default {CodingConfig.retrain_steps})")
-    compress.add_argument("--retrain-lr", type=float, default=CodingConfig.retrain_lr,
-                          help="Adam learning rate of retraining between groups (default 1e-2 Mean-KL, 1e-3 Mean-Var)")
-    compress.add_argument("--rule", default=None, choices=coder.RULES,
-                          help=f"how the sender picks a candidate (default {CodingConfig.rule}; see the README)")
     _output_options(compress)
     compress.set_defaults(func=cmd_compress, printer=print_compress_summary)
 
     decompress_p = sub.add_parser("decompress", help="turn a .mrc file into a PyTorch state_dict file")
     decompress_p.add_argument("file")
     decompress_p.add_argument("-o", "--output", required=True)
+    _model_options(decompress_p, training=False)
     decompress_p.add_argument("--json", action="store_true")
     decompress_p.set_defaults(func=cmd_decompress, printer=lambda s: print(f"wrote {s['output']} ({s['model']})"))
 
     evaluate = sub.add_parser("evaluate", help="test error of the network in a .mrc file")
     evaluate.add_argument("file")
     evaluate.add_argument("--dataset", required=True)
+    _model_options(evaluate, training=False)
     _data_dir_option(evaluate)
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_evaluate, printer=lambda s: print(
@@ -387,7 +417,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        apply_preset(args)
         result = args.func(args)
     except MiracleError as exc:
         print(f"miracle: error: {exc}", file=sys.stderr)
@@ -395,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("miracle: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
+    if result is None:  # a process of several other than rank 0: rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(result))
     else:

@@ -23,14 +23,16 @@ from torch import nn
 from . import coder
 from .blocks import BlockLayout
 from .budget import Budget
-from .data import Split
+from . import distributed
+from .batches import module_device
+from .config import CompressConfig
 from .errors import InvalidInput, MiracleError
 from .fileformat import MrcContents, encode_mrc, model_fingerprint, read_mrc, write_mrc
-from .models import create_model
+from .models import create_model, default_group_sizes, is_registered
 from .progressive import CodingConfig, code_progressively
 from .threads import use_threads
-from .training import TrainConfig, Trainer, evaluate_posterior
-from .variational import VariationalConfig, VariationalModel, select_parameters
+from .training import Trainer, evaluate_posterior
+from .variational import VariationalModel, select_parameters
 
 
 class FingerprintMismatch(MiracleError):
@@ -47,6 +49,7 @@ class CompressResult:
     train_seconds: float
     seconds: float
     before_coding: dict  # test accuracy of the trained posterior (mean and a sample), if asked
+    uncoded_bytes: dict[str, int]  # what travels as float32, by tensor name
     vmodel: VariationalModel  # with every block fixed to its coded sample
 
     def decoded_model(self) -> nn.Module:
@@ -63,7 +66,7 @@ def work_dir_for(out: str | os.PathLike) -> Path:
 def _uncoded_tensors(model: nn.Module, coded_names: set[str]) -> dict[str, torch.Tensor]:
     # Floating-point parameters and buffers that are not coded travel as float32 (e.g. a
     # BatchNorm's affine weights and running statistics); integer counters are not needed.
-    return {name: value.detach().float().clone() for name, value in model.state_dict().items()
+    return {name: value.detach().float().cpu().clone() for name, value in model.state_dict().items()
             if name not in coded_names and value.is_floating_point()}
 
 
@@ -106,14 +109,14 @@ def contents_of(vmodel: VariationalModel, coding: CodingConfig, model_name: str 
         num_blocks=layout.num_blocks,
         block_dim=layout.block_dim,
         group_sizes=[t.group_size for t in layout.tensors],
-        prior_scales=vmodel.prior.scales().detach().float().clone(),
-        indices=vmodel.coded_indices.clone(),
+        prior_scales=vmodel.prior.scales().detach().float().cpu().clone(),
+        indices=vmodel.coded_indices.cpu().clone(),
         uncoded=_uncoded_tensors(vmodel.model, set(layout.names)),
     )
 
 
 def run_compression(trainer: Trainer, coding: CodingConfig, out, model_name: str = "",
-                    progress: bool = True, start_from=None, test_data: Split | None = None) -> CompressResult:
+                    progress: bool = True, start_from=None, test_data=None) -> CompressResult:
     """Train (resuming, or starting from the checkpoint ``start_from``), code progressively,
     write ``out`` atomically. With ``test_data``, the posterior is evaluated before coding."""
     check_writable(out)
@@ -123,10 +126,14 @@ def run_compression(trainer: Trainer, coding: CodingConfig, out, model_name: str
     before = evaluate_posterior(trainer.vmodel, test_data, trainer.config.seed) if test_data is not None else {}
     code_progressively(trainer, coding, progress)
     vmodel = trainer.vmodel
-    size_bytes = write_mrc(out, contents_of(vmodel, coding, model_name))
-    return CompressResult(Path(out), size_bytes, vmodel.num_blocks * vmodel.config.bits_per_block,
+    contents = contents_of(vmodel, coding, model_name)
+    if distributed.is_main():
+        write_mrc(out, contents)
+    distributed.barrier()  # the other ranks return once the file is there
+    uncoded_bytes = {name: 4 * value.numel() for name, value in contents.uncoded.items()}
+    return CompressResult(Path(out), Path(out).stat().st_size, vmodel.num_blocks * vmodel.config.bits_per_block,
                           vmodel.num_blocks, vmodel.config.bits_per_block, train_seconds,
-                          time.perf_counter() - start, before, vmodel)
+                          time.perf_counter() - start, before, uncoded_bytes, vmodel)
 
 
 def check_writable(out: str | os.PathLike) -> None:
@@ -136,68 +143,91 @@ def check_writable(out: str | os.PathLike) -> None:
         raise MiracleError(f"cannot write the output file {out}: choose a path in an existing, writable folder")
 
 
+def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
+    """The device to train on: ``device``, else the one the model is on. Unavailable devices
+    are refused here, before any work."""
+    if device is None:
+        return module_device(model)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidInput(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available,
+                 "mps": lambda: torch.backends.mps.is_available()}
+    if device.type not in available or not available[device.type]():
+        raise InvalidInput(f"device {device} is not available on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InvalidInput(f"device {device} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def build_trainer(model: nn.Module, train_data, config: CompressConfig, work_dir, *, model_name: str = "",
+                  data_name: str = "", loss_fn=None, num_examples: int | None = None,
+                  device: str | torch.device | None = None) -> Trainer:
+    """The trainer of a run of ``config`` on ``model``: the budget turned into blocks for this
+    model, the posterior on ``device`` (under torchrun, in this rank's process group)."""
+    device = resolve_device(device, model)
+    distributed.init_from_environment(device)
+    default_hashing = default_group_sizes(model_name)
+    group_sizes = config.group_sizes if config.group_sizes is not None else default_hashing
+    index_bits = index_bits_for(config.budget_spec, model, bits_per_block=config.bits_per_block,
+                                group_sizes=group_sizes, include=config.include, exclude=config.exclude,
+                                seed=config.seed, model_name=model_name)
+    vmodel = VariationalModel(model.cpu(), config.variational(index_bits, default_hashing)).to(device)
+    return Trainer(vmodel, train_data, config.training(), work_dir,
+                   {"model": model_name, "dataset": data_name, "config": config.to_dict()},
+                   loss_fn=loss_fn, num_examples=num_examples)
+
+
 def compress(
     model: nn.Module,
-    train_data: Split,
-    budget: str | int | None,
-    out: str | os.PathLike,
+    train_data,
+    budget: str | int | None = None,
+    out: str | os.PathLike | None = None,
     *,
-    index_budget: str | int | None = None,
-    param: str = "mean-kl",
-    bits_per_block: int = 16,
-    group_sizes: dict[str, int] | None = None,
-    include: list[str] | None = None,
-    exclude: list[str] | None = None,
-    kl_bits: float | None = None,
-    mean_kl_form: str = VariationalConfig.mean_kl_form,
-    beta_initial: float = VariationalConfig.beta_initial,
-    eps_beta: float = VariationalConfig.eps_beta,
-    steps: int = TrainConfig.steps,
-    batch_size: int = TrainConfig.batch_size,
-    lr: float | None = None,
-    lr_schedule: str = TrainConfig.lr_schedule,
-    weight_samples: int = TrainConfig.weight_samples,
-    kl_anneal_from: float = TrainConfig.kl_anneal_from,
-    kl_anneal_steps: int = TrainConfig.kl_anneal_steps,
-    blocks_per_group: int = CodingConfig.blocks_per_group,
-    retrain_steps: int = CodingConfig.retrain_steps,
-    retrain_lr: float | None = CodingConfig.retrain_lr,
-    rule: str = CodingConfig.rule,
-    seed: int = 0,
+    config: CompressConfig | None = None,
+    preset: str | None = None,
+    loss_fn=None,
+    num_examples: int | None = None,
+    test_data=None,
+    device: str | torch.device | None = None,
     model_name: str = "",
+    data_name: str = "",
     work_dir: str | os.PathLike | None = None,
+    start_from: str | os.PathLike | None = None,
     threads: int | str | None = None,
     progress: bool = True,
+    **options,
 ) -> CompressResult:
-    """Compress ``model`` (any nn.Module with Linear/Conv layers) trained on ``train_data``
-    into the file ``out`` of at most ``budget`` (e.g. "1.52KB"; 1 KB = 1000 bytes), everything
-    included. ``index_budget`` instead counts the indices alone (give one of the two).
+    """Compress ``model`` trained on ``train_data`` into the file ``out`` of at most ``budget``
+    (e.g. "1.52KB"; 1 KB = 1000 bytes), everything included.
 
+    ``train_data`` is a :class:`~miracle.data.Split`, a map-style ``Dataset`` or a
+    ``DataLoader`` of ``(inputs, targets)`` batches (see :mod:`miracle.batches`; a loader whose
+    dataset has no ``len()`` needs ``num_examples``). ``loss_fn(outputs, targets)`` is the mean
+    loss of a batch (default: cross-entropy). The posterior's means start at the model's
+    current weights: load trained weights into ``model`` first to compress them.
+
+    The run's settings are ``config`` (a :class:`~miracle.config.CompressConfig`) or the
+    keywords it has (``index_budget=``, ``steps=``, ``lr=``, ...), on top of ``preset``.
     ``model`` is trained in place of a copy: afterwards it holds the decoded weights. The
     checkpoint goes to ``work_dir`` (default: ``out`` + ".work"); running the same call again
-    after an interruption resumes there and writes the same file. ``threads`` sets torch's
-    thread count for the run (a number, or "auto": the cores idle at the start; default: leave it).
+    after an interruption resumes there and writes the same file. ``device`` trains there
+    (default: where the model is); the coder runs on the CPU, so the file does not depend on
+    it. Under ``torchrun`` the processes train data-parallel and rank 0 writes the file.
+    ``threads`` sets torch's thread count (a number, or "auto": the cores idle at the start).
     """
+    if out is None:
+        raise InvalidInput("compress needs the output file: compress(model, data, budget, out)")
+    if config is None:
+        config = CompressConfig.from_options(preset, **({"budget": budget} if budget is not None else {}), **options)
+    elif budget is not None or options or preset:
+        raise InvalidInput("give the settings as config= or as keywords (and budget), not both")
     use_threads(threads)
-    group_sizes = dict(group_sizes or {})
-    index_bits = index_bits_for(Budget.from_options(budget, index_budget), model, bits_per_block=bits_per_block,
-                                group_sizes=group_sizes, include=include, exclude=exclude, seed=seed,
-                                model_name=model_name)
-    vconfig = VariationalConfig(
-        budget_bits=index_bits, param=param, bits_per_block=bits_per_block,
-        group_sizes=group_sizes, include=include, exclude=exclude, hash_seed=seed,
-        partition_seed=seed, kl_bits=kl_bits, mean_kl_form=mean_kl_form, beta_initial=beta_initial,
-        eps_beta=eps_beta,
-    )
-    coding = CodingConfig(blocks_per_group, retrain_steps, rule, coder_seed=seed, sender_seed=seed,
-                          retrain_lr=retrain_lr)
-    tconfig = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, seed=seed,
-                          weight_samples=weight_samples, kl_anneal_from=kl_anneal_from,
-                          kl_anneal_steps=kl_anneal_steps)
     work = Path(work_dir) if work_dir is not None else work_dir_for(out)
-    trainer = Trainer(VariationalModel(model, vconfig), train_data, tconfig, work,
-                      {"model": model_name, "coding": coding.to_dict()})
-    result = run_compression(trainer, coding, out, model_name, progress)
+    trainer = build_trainer(model, train_data, config, work, model_name=model_name, data_name=data_name,
+                            loss_fn=loss_fn, num_examples=num_examples, device=device)
+    result = run_compression(trainer, config.coding(), out, model_name, progress, start_from, test_data)
     result.decoded_model()  # leaves the decoded weights in the user's model
     return result
 
@@ -213,8 +243,11 @@ def decompress(path: str | os.PathLike, model: nn.Module | None = None, *,
             f"miracle has version {coder.CANDIDATE_GENERATOR_VERSION}: use the miracle release that wrote it"
         )
     if model is None:
-        if not contents.model_name:
-            raise InvalidInput(f"{path} holds a user-defined model: pass the model, decompress(path, model=...)")
+        if not is_registered(contents.model_name):
+            # Never import what a file names: the user says which class to build.
+            named = f" ({contents.model_name})" if contents.model_name else ""
+            raise InvalidInput(f"{path} holds a user-defined model{named}: pass it, decompress(path, model=...) "
+                               "or --model package.module:ClassName")
         model = create_model(contents.model_name)
     selected = select_parameters(model, include, exclude)
     shapes = [(name, tuple(p.shape)) for name, p in selected.items()]

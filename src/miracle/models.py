@@ -9,6 +9,8 @@ free variable is shared by g weights, see :mod:`miracle.blocks`); parameters not
 
 from __future__ import annotations
 
+import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -54,6 +56,73 @@ def create_model(name: str, seed: int = 0) -> nn.Module:
 
 def model_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def is_registered(name: str) -> bool:
+    return name in _REGISTRY
+
+
+def default_group_sizes(name: str) -> dict[str, int]:
+    """The registered model's hashing; none for a user's own model."""
+    return dict(_REGISTRY[name].group_sizes) if name in _REGISTRY else {}
+
+
+def build_model(name: str, seed: int = 0, model_args: dict | None = None) -> nn.Module:
+    """A registered model by name, or a user's own class by its import path
+    ``package.module:ClassName``, built with ``model_args`` as keywords and initialised from
+    ``seed``. Only a name the user typed is imported: a file or checkpoint never leads here."""
+    if ":" not in name:
+        if model_args:
+            raise InvalidInput("--model-args is for your own class (package.module:ClassName); "
+                               f"the registered model {name} takes none")
+        return create_model(name, seed)
+    module_name, _, class_name = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidInput(f"cannot import {module_name} for --model {name} ({exc}); "
+                           "install it or add its folder to PYTHONPATH") from None
+    factory = getattr(module, class_name, None)
+    if not callable(factory):
+        raise InvalidInput(f"{module_name} has no class {class_name}; give --model as package.module:ClassName")
+    if model_args is not None and not isinstance(model_args, dict):
+        raise InvalidInput(f"--model-args must be a JSON object of keyword arguments, got {model_args!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = factory(**(model_args or {}))
+        except TypeError as exc:
+            raise InvalidInput(f"{name}(**{model_args or {}}) failed ({exc}); check --model-args") from None
+    if not isinstance(model, nn.Module):
+        raise InvalidInput(f"{name} made a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load the ``state_dict`` saved at ``path`` (``torch.save(model.state_dict(), path)``)
+    into ``model``: every tensor must be there, with its shape. Read with the safe loader."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such weights file") from None
+    except Exception as exc:  # torch raises many kinds for a file that is not a plain state_dict
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(f"{path} is not a state_dict saved by torch.save ({reason[:200]}); "
+                           "save model.state_dict(), not the model") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InvalidInput(f"{path} does not hold a state_dict (names to tensors); save model.state_dict()")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshapen = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or misshapen:
+        problems = [f"{label}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+                    for label, names in (("missing", missing), ("unexpected", unexpected),
+                                         ("other shapes", misshapen)) if names]
+        raise InvalidInput(f"{path} does not fit the model ({'; '.join(problems)}); "
+                           "check --model and --model-args")
+    model.load_state_dict(state)
+    return model
 
 
 # The hashing of the official MIRACLE code for LeNet-5 (its paper text says 2x and 64x):

@@ -2,8 +2,8 @@
 
 A preset is a set of training and coding options, by the names that ``compress()`` takes as
 keywords and the command line as options (``steps`` is ``--steps``). On the command line,
-``--preset NAME`` sets them and any option given explicitly wins; in Python, pass them on:
-``miracle.compress(model, data, "1.52KB", "m.mrc", **miracle.PRESETS["fast"])``.
+``--preset NAME`` sets them and any option given explicitly wins; in Python the same:
+``miracle.compress(model, data, "1.52KB", "m.mrc", preset="fast", steps=30000)``.
 
 Each preset's figures (file size, test error, wall time, seeds) are in the result files it
 names, made by the commands they record.

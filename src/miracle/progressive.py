@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from . import coder
+from . import coder, distributed
 from .errors import InvalidInput
 from .training import DEFAULT_RETRAIN_LR, Trainer
 
@@ -54,10 +54,9 @@ def code_progressively(trainer: Trainer, config: CodingConfig, progress: bool = 
     returns the indices [B]. Retraining continues ``trainer``'s step count."""
     vmodel = trainer.vmodel
     vmodel.freeze_prior()
-    bits = vmodel.config.bits_per_block
     first_retraining_step = trainer.config.steps
     retrain_lr = config.retrain_lr if config.retrain_lr is not None else DEFAULT_RETRAIN_LR[vmodel.config.param]
-    bar = tqdm(total=vmodel.num_blocks, initial=int(vmodel.coded.sum()), disable=not progress,
+    bar = tqdm(total=vmodel.num_blocks, initial=int(vmodel.coded.sum()), disable=not (progress and distributed.is_main()),
                desc="coding", unit="block", dynamic_ncols=True)
     try:
         while not bool(vmodel.coded.all()):
@@ -68,13 +67,26 @@ def code_progressively(trainer: Trainer, config: CodingConfig, progress: bool = 
                 trainer.save_checkpoint()
                 continue
             block_ids = torch.nonzero(~vmodel.coded).flatten()[: config.blocks_per_group]
-            with torch.no_grad():
-                mu, sigma, s = (t[block_ids] for t in vmodel.block_mean_std())
-            indices, samples = coder.encode(mu, sigma, s, bits, config.coder_seed, block_ids=block_ids,
-                                            rule=config.rule, sender_seed=config.sender_seed)
-            vmodel.fix_blocks(block_ids, indices, samples)
+            vmodel.fix_blocks(block_ids, *_code_group(vmodel, block_ids, config))
             trainer.save_checkpoint()
             bar.update(len(block_ids))
     finally:
         bar.close()
     return vmodel.coded_indices.clone()
+
+
+def _code_group(vmodel, block_ids: torch.Tensor, config: CodingConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The indices and samples of these blocks. The coder runs on the CPU whatever device
+    trains, so that the shared randomness and the choice are the same everywhere; with
+    several processes rank 0 codes and the others receive its result."""
+    device = vmodel.coded.device
+    indices = torch.zeros(len(block_ids), dtype=torch.long, device=device)
+    samples = torch.zeros(len(block_ids), vmodel.layout.block_dim, device=device)
+    if distributed.is_main():
+        with torch.no_grad():
+            mu, sigma, s = (t[block_ids.to(device)].cpu() for t in vmodel.block_mean_std())
+        coded, values = coder.encode(mu, sigma, s, vmodel.config.bits_per_block, config.coder_seed,
+                                     block_ids=block_ids.cpu(), rule=config.rule, sender_seed=config.sender_seed)
+        indices.copy_(coded)
+        samples.copy_(values)
+    return distributed.broadcast_from_main(indices), distributed.broadcast_from_main(samples)

@@ -27,3 +27,13 @@ def random_signs(n: int, seed: int, stream: int, index: int) -> torch.Tensor:
     """n float32 signs: -1 where the lowest bit of word i of row ``index`` of ``stream`` is 1."""
     words = philox_words(seed, stream, torch.tensor([index]), n)[0]
     return 1.0 - 2.0 * (words & 1).to(torch.float32)
+
+
+def derived_generator(*parts: int) -> torch.Generator:
+    """A CPU torch generator seeded by a tuple of integers (seed, purpose, step, ...): training's
+    batches and weight noise. They only need to repeat within one torch version (a resumed run),
+    not across versions as the decoder's randomness above does."""
+    seed = 0
+    for part in parts:
+        seed = (seed * 1_000_003 + int(part)) % (2**63)
+    return torch.Generator().manual_seed(seed)

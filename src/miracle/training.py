@@ -2,23 +2,23 @@
 
 The loss is the negative ELBO *per training example*:
 
-    loss = mean NLL of the batch (nats) + sum_b beta_b KL_b (nats) / N_train
+    loss = loss_fn(outputs, targets) + sum_b beta_b KL_b (nats) / N_train
 
-so beta_b = 1 is the exact ELBO. Mean-KL has a constant KL (the term has no gradient and no
+where ``loss_fn`` is the batch's mean negative log-likelihood (default: cross-entropy), so beta_b = 1 is the exact ELBO. Mean-KL has a constant KL (the term has no gradient and no
 beta); Mean-Var anneals its betas after every step (:class:`miracle.posteriors.MeanVar`).
 
-Every random choice is derived from ``seed``: the batches of epoch e from (seed, e), the
-weight noise of step t from (seed, t). A run resumed from a checkpoint therefore continues
+Every random choice is derived from ``seed``: the batches of epoch e from (seed, e) (see
+:mod:`miracle.batches` for a user's own DataLoader), the weight noise of step t from (seed, t). A run resumed from a checkpoint therefore continues
 exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -26,8 +26,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import Split
-from .errors import MiracleError
+from . import distributed
+from .batches import accuracy, to_device, training_batches
+from .errors import InvalidInput, MiracleError
+from .randomness import derived_generator
 from .posteriors import LN2
 from .variational import VariationalModel
 
@@ -43,8 +45,14 @@ OVER_BUDGET_TOLERANCE_BITS = 1e-3  # rounding: Mean-KL blocks sit at their budge
 METRICS_NAME = "metrics.jsonl"
 
 
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class TrainingDiverged(MiracleError):
     pass
+
+
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
@@ -67,8 +75,8 @@ class TrainConfig:
     kl_anneal_steps: int = 0
 
     def __post_init__(self) -> None:
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise MiracleError(f"unknown learning-rate schedule {self.lr_schedule!r}; choose cosine or constant")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InvalidInput(f"unknown learning-rate schedule {self.lr_schedule!r}; choose {' or '.join(LR_SCHEDULES)}")
         if not (self.kl_anneal_from >= 1 and 0 <= self.kl_anneal_steps < self.steps):
             raise MiracleError("KL annealing must start at a budget scale of at least 1 and end before the last step")
         if not 1 <= self.weight_samples <= self.batch_size:
@@ -90,43 +98,11 @@ class TrainConfig:
         return final + (base - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _derived_generator(*parts: int) -> torch.Generator:
-    seed = 0
-    for part in parts:
-        seed = (seed * 1_000_003 + int(part)) % (2**63)
-    return torch.Generator().manual_seed(seed)
-
-
-def batch_indices(step: int, num_examples: int, batch_size: int, seed: int) -> torch.Tensor:
-    per_epoch = num_examples // batch_size
-    epoch, position = divmod(step, per_epoch)
-    return _epoch_order(num_examples, seed, epoch)[position * batch_size : (position + 1) * batch_size]
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
-    # Drawn once per epoch, not once per step (a permutation of 60,000 costs about a millisecond).
-    return torch.randperm(num_examples, generator=_derived_generator(seed, 1, epoch))
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, split: Split, batch_size: int = 1000, **forward_kwargs) -> float:
-    """Fraction of ``split`` classified correctly; ``forward_kwargs`` go to ``model``."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(split), batch_size):
-        logits = model(split.images[start : start + batch_size], **forward_kwargs)
-        correct += int((logits.argmax(1) == split.labels[start : start + batch_size]).sum())
-    model.train(was_training)
-    return correct / len(split)
-
-
-def evaluate_posterior(vmodel: VariationalModel, split: Split, seed: int = 0) -> dict:
+def evaluate_posterior(vmodel: VariationalModel, data, seed: int = 0) -> dict:
     """Test accuracy of the posterior mean and of one posterior sample (drawn from ``seed``)."""
     return {
-        "test_accuracy_mean": accuracy(vmodel, split, use_mean=True),
-        "test_accuracy_sample": accuracy(vmodel, split, generator=_derived_generator(seed, 3)),
+        "test_accuracy_mean": accuracy(vmodel, data, use_mean=True),
+        "test_accuracy_sample": accuracy(vmodel, data, generator=derived_generator(seed, 3)),
     }
 
 
@@ -144,16 +120,31 @@ def _trainable(vmodel: VariationalModel) -> list[nn.Parameter]:
 class Trainer:
     """Trains a :class:`VariationalModel`; with ``out_dir`` it checkpoints and resumes."""
 
-    def __init__(self, vmodel: VariationalModel, train_split: Split, config: TrainConfig,
-                 out_dir: str | os.PathLike | None = None, run_info: dict | None = None) -> None:
-        self.vmodel, self.data, self.config = vmodel, train_split, config
+    def __init__(self, vmodel: VariationalModel, train_data, config: TrainConfig,
+                 out_dir: str | os.PathLike | None = None, run_info: dict | None = None, *,
+                 loss_fn: LossFn | None = None, num_examples: int | None = None) -> None:
+        """``train_data``: a Split, a map-style Dataset or a DataLoader (see
+        :mod:`miracle.batches`); ``loss_fn(outputs, targets)`` is the mean loss of a batch
+        (default: cross-entropy). The trainer works on the device ``vmodel`` is on."""
+        self.vmodel, self.config = vmodel, config
+        self.batches = training_batches(train_data, config.batch_size, config.seed, num_examples=num_examples,
+                                        rank=distributed.rank(), world_size=distributed.world_size())
+        self.loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
+        self.classification = loss_fn is None  # the metrics then carry the batch's accuracy
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_info = run_info or {}  # what else identifies the run (model, dataset)
         self.optimizer = torch.optim.Adam(_trainable(vmodel), lr=config.learning_rate(vmodel.config.param))
         self.step = 0
         self.seconds = 0.0
-        if config.batch_size > len(train_split):
-            raise MiracleError(f"batch size {config.batch_size} exceeds the {len(train_split)} training examples")
+
+    @property
+    def num_examples(self) -> int:
+        return self.batches.num_examples
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run's files (one process, or rank 0 of several)."""
+        return self.out_dir is not None and distributed.is_main()
 
     # -- checkpoints -------------------------------------------------------------------------
     def _identity(self) -> dict:
@@ -165,10 +156,13 @@ class Trainer:
         # earlier behaviour).
         defaults = {f.name: f.default for f in fields(TrainConfig)}
         train = {k: v for k, v in {**defaults, **identity["train"]}.items() if k != "steps"}
-        return {**identity, "train": train}
+        comparable = {**identity, "train": train}
+        if "config" in identity:
+            comparable["config"] = {k: v for k, v in identity["config"].items() if k != "steps"}
+        return comparable
 
     def save_checkpoint(self) -> None:
-        if self.out_dir is None:
+        if not self.writes:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_atomic(
@@ -203,7 +197,7 @@ class Trainer:
         self.step, self.seconds = state["step"], state["seconds"]
         if "threads" in state:  # the sums of a step depend on it: continue as the run began
             torch.set_num_threads(state["threads"])
-        if self.out_dir is not None:
+        if self.writes:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             _truncate_metrics(self.out_dir / METRICS_NAME, self.step)
         return True
@@ -212,21 +206,22 @@ class Trainer:
     def train_step(self, lr: float | None = None) -> dict:
         """One optimiser step, at ``lr`` or else at the schedule's rate for this step."""
         vm, cfg = self.vmodel, self.config
-        index = batch_indices(self.step, len(self.data), cfg.batch_size, cfg.seed)
-        images, labels = self.data.images[index], self.data.labels[index]
+        device = vm.coded.device
+        inputs, targets = (to_device(t, device) for t in self.batches.batch(self.step))
         budget_scale = cfg.budget_scale(self.step)
         mean_std = vm.block_mean_std(budget_scale)  # once per step: Mean-KL's Lambert W is not cheap
-        # Part 0 keeps the generator a one-sample step has always used, so earlier runs reproduce.
-        logits = torch.cat([
-            vm(part, generator=_derived_generator(cfg.seed, 2, self.step, *([sample] if sample else [])),
-               mean_std=mean_std)
-            for sample, part in enumerate(images.chunk(cfg.weight_samples))
+        outputs = torch.cat([
+            vm(part, generator=self._noise_generator(sample), mean_std=mean_std)
+            for sample, part in enumerate(inputs.chunk(cfg.weight_samples))
         ])
-        nll = nn.functional.cross_entropy(logits, labels)
+        nll = self.loss_fn(outputs, targets)
+        if not (isinstance(nll, torch.Tensor) and nll.dim() == 0):
+            raise InvalidInput("loss_fn(outputs, targets) must return the mean loss of the batch as a scalar "
+                               f"tensor, got {type(nll).__name__} {tuple(getattr(nll, 'shape', ()))}")
         kl_nats = vm.kl_nats_per_block(mean_std)
         # Coded blocks are weights now: their KL is paid and no longer part of the objective.
         kl_term = vm.posterior.kl_loss_term(torch.where(vm.coded, 0.0, kl_nats))
-        loss = nll + kl_term.float() / len(self.data)
+        loss = nll + kl_term.float().to(device) / self.num_examples
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"training diverged at step {self.step} (loss is {loss.item()}); lower the "
@@ -234,6 +229,7 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.optimizer.param_groups[0]["params"])
         for group in self.optimizer.param_groups:
             group["lr"] = lr if lr is not None else cfg.learning_rate(vm.config.param, self.step)
         self.optimizer.step()
@@ -244,17 +240,25 @@ class Trainer:
             "loss": loss.item(),
             "nll": nll.item(),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "batch_accuracy": (logits.argmax(1) == labels).float().mean().item(),
             "kl_bits_total": kl_bits.sum().item(),
             "kl_bits_per_block_min": kl_bits.min().item(),
             "kl_bits_per_block_max": kl_bits.max().item(),
             "blocks_over_budget": int((kl_bits > vm.config.bits_per_block + OVER_BUDGET_TOLERANCE_BITS).sum()),
             "blocks_coded": int(vm.coded.sum()),
         }
+        if self.classification:
+            record["batch_accuracy"] = (outputs.argmax(1) == targets).float().mean().item()
         if cfg.block_kl_every and (self.step + 1) % cfg.block_kl_every == 0:
             record["kl_bits_per_block"] = [round(v, 5) for v in kl_bits.tolist()]
         self.step += 1
         return record
+
+    def _noise_generator(self, sample: int) -> torch.Generator:
+        # One process (rank 0) keeps the generators a run has always used, so earlier runs
+        # reproduce; other ranks draw their own weight noise for their share of the batch.
+        if distributed.rank():
+            return derived_generator(self.config.seed, 4, distributed.rank(), self.step, sample)
+        return derived_generator(self.config.seed, 2, self.step, *([sample] if sample else []))
 
     def train_until(self, target_step: int, progress: bool = True, desc: str = "training",
                     lr: float | None = None) -> None:
@@ -262,8 +266,8 @@ class Trainer:
         schedule); checkpoints on the way."""
         if self.step >= target_step:
             return
-        metrics = open(self.out_dir / METRICS_NAME, "a") if self.out_dir is not None else None
-        bar = tqdm(total=target_step, initial=self.step, disable=not progress, desc=desc, unit="step",
+        metrics = open(self.out_dir / METRICS_NAME, "a") if self.writes else None
+        bar = tqdm(total=target_step, initial=self.step, disable=not (progress and distributed.is_main()), desc=desc, unit="step",
                    dynamic_ncols=True, leave=False)
         try:
             while self.step < target_step:
@@ -274,8 +278,7 @@ class Trainer:
                 if metrics:
                     metrics.write(json.dumps(record) + "\n")
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record['kl_bits_total']:.0f}b",
-                                acc=f"{record['batch_accuracy']:.2f}", refresh=False)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record['kl_bits_total']:.0f}b", refresh=False)
                 if self.step % self.config.checkpoint_every == 0:
                     if metrics:
                         metrics.flush()
@@ -287,7 +290,7 @@ class Trainer:
 
     def start(self, start_from=None) -> None:
         """Resume from the checkpoint if there is one, else start a fresh metrics file."""
-        if not self.resume(start_from) and self.out_dir is not None:
+        if not self.resume(start_from) and self.writes:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / METRICS_NAME).write_text("")
 
@@ -304,7 +307,8 @@ class Trainer:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """A checkpoint written by :class:`Trainer`; a clear error for anything else."""
     try:
-        state = torch.load(path, weights_only=False)
+        # The safe loader: tensors and plain containers only, never code.
+        state = torch.load(path, weights_only=True)
     except FileNotFoundError:
         raise MiracleError(f"{path}: no such checkpoint") from None
     except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint

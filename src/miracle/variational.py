@@ -22,6 +22,11 @@ from .errors import InvalidInput
 from .posteriors import LN2, POSTERIORS, CodingDistribution, MeanKL, MeanVar, kl_nats
 
 CODED_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Their few affine parameters rescale activations: cheap to send exactly, costly to get wrong.
+NORMALISATION_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
+                       nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+# Other parameters smaller than this (a temperature, a per-channel scale) travel as float32.
+MIN_CODED_NUMEL = 16
 
 
 @dataclass
@@ -53,26 +58,44 @@ class VariationalConfig:
 
 
 def select_parameters(model: nn.Module, include=None, exclude=None) -> dict[str, nn.Parameter]:
-    """Default: every weight and bias of Linear and Conv layers. ``include`` replaces the
-    default with the parameters whose names match any pattern; ``exclude`` removes matches."""
+    """The parameters to code. Default: every floating-point parameter that is a weight of the
+    computation: the weight and bias of Linear and Conv layers, and any other parameter of at
+    least MIN_CODED_NUMEL elements (attention projections, embeddings, recurrent weights, bare
+    ``nn.Parameter``s); not the parameters of normalisation layers, nor small bare ones, which
+    travel uncoded with the buffers. ``include`` replaces the default with the parameters whose
+    names match any pattern; ``exclude`` removes matches."""
     if include:
         chosen = {n: p for n, p in model.named_parameters() if any(fnmatch.fnmatch(n, pat) for pat in include)}
     else:
-        chosen = {
-            f"{prefix}.{name}" if prefix else name: p
-            for prefix, module in model.named_modules()
-            if isinstance(module, CODED_LAYER_TYPES)
-            for name, p in module.named_parameters(recurse=False)
-            if name in ("weight", "bias")
-        }
+        chosen, seen = {}, set()
+        for prefix, module in model.named_modules():
+            for name, p in module.named_parameters(recurse=False):
+                if id(p) in seen or not p.is_floating_point():
+                    continue  # a tied parameter is coded once, under its first name
+                seen.add(id(p))
+                if _coded_by_default(module, name, p):
+                    chosen[f"{prefix}.{name}" if prefix else name] = p
     if exclude:
         chosen = {n: p for n, p in chosen.items() if not any(fnmatch.fnmatch(n, pat) for pat in exclude)}
     if not chosen:
         raise InvalidInput(
-            "no parameters are selected for coding: the model has no Linear or Conv layer, or "
+            "no parameters are selected for coding: the model has no weights to code, or "
             "include/exclude removed them all; name parameters with include=[...]"
         )
     return chosen
+
+
+def _coded_by_default(module: nn.Module, name: str, parameter: nn.Parameter) -> bool:
+    if isinstance(module, NORMALISATION_TYPES):
+        return False
+    if isinstance(module, CODED_LAYER_TYPES) and name in ("weight", "bias"):
+        return True
+    return parameter.numel() >= MIN_CODED_NUMEL
+
+
+def _spread(tensor: torch.Tensor) -> torch.Tensor:
+    # A single number (a one-output bias) has no spread: its size stands in for it.
+    return tensor.std() if tensor.numel() > 1 else tensor.abs().reshape(())
 
 
 class VariationalModel(nn.Module):
@@ -95,7 +118,7 @@ class VariationalModel(nn.Module):
         )
         # The coding distribution starts at each tensor's spread (biases that are all zero
         # get a small floor), and Q at the model's current weights, projected onto the hashing.
-        initial_scales = torch.stack([p.detach().float().std().clamp_min(1e-2) for p in selected.values()])
+        initial_scales = torch.stack([_spread(p.detach().float()).clamp_min(1e-2) for p in selected.values()])
         self.prior = CodingDistribution(self.layout, initial_scales)
         initial_mean = self.layout.tensors_to_blocks(selected)
         s = self.layout.per_slot(initial_scales)
@@ -113,9 +136,16 @@ class VariationalModel(nn.Module):
         self.register_buffer("coded_indices", torch.full((B,), -1, dtype=torch.long))
         self.register_buffer("coded_values", torch.zeros(B, D))
 
+    def _apply(self, fn, recurse: bool = True):
+        # .to(device) and friends: the layout's index tensors travel with the parameters.
+        super()._apply(fn, recurse)
+        self.layout.to(self.coded.device)
+        return self
+
     @torch.no_grad()
     def fix_blocks(self, block_ids: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> None:
         """Fix blocks to their coded samples: from now on they are weights, not distributions."""
+        block_ids, indices, values = (t.to(self.coded.device) for t in (block_ids, indices, values))
         self.coded[block_ids] = True
         self.coded_indices[block_ids] = indices
         self.coded_values[block_ids] = values
@@ -146,7 +176,11 @@ class VariationalModel(nn.Module):
         if use_mean:
             values = mu
         else:
-            values = mu + sigma * torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+            # Drawn where the generator lives (the CPU for training's seeded generators) and
+            # moved: the same noise whatever device trains.
+            noise_device = generator.device if generator is not None else mu.device
+            noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=noise_device)
+            values = mu + sigma * noise.to(mu.device)
         return torch.where(self.coded[:, None], self.coded_values, values)
 
     def weights(self, generator: torch.Generator | None = None, use_mean: bool = False,

@@ -30,15 +30,15 @@ import torch
 
 from .. import data as data_module
 from ..blocks import BlockLayout, num_blocks_for
-from ..compress import decompress, run_compression
-from ..errors import InvalidInput, MiracleError
+from ..compress import build_trainer, decompress, run_compression
+from ..config import CompressConfig
+from ..errors import InvalidInput
 from ..models import create_model, get_model_spec, model_names
 from ..posteriors import LN2, kl_nats
-from ..progressive import CodingConfig
 from ..provenance import provenance
 from ..training import METRICS_NAME, TrainConfig, Trainer, accuracy, evaluate_posterior
 from ..units import parse_budget_bits
-from ..variational import VariationalConfig, VariationalModel, select_parameters
+from ..variational import VariationalModel, select_parameters
 from .stats import prune_by_magnitude, tail_summary
 
 PARAMS = ("mean-var", "mean-kl")
@@ -155,24 +155,20 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _coding_config(config: StudyConfig, spec: RunSpec) -> CodingConfig:
+def _compress_config(config: StudyConfig, spec: RunSpec) -> CompressConfig:
     # The study retrains at the end rate of the training schedule, as when it was made.
-    return CodingConfig(config.blocks_per_group, config.retrain_steps, coder_seed=spec.seed, sender_seed=spec.seed,
-                        retrain_lr=spec.effective_lr * TrainConfig.final_lr_fraction)
+    return CompressConfig(
+        index_budget=spec.budget, param=spec.param, mean_kl_form=config.mean_kl_form,
+        **({"eps_beta": spec.eps_beta} if spec.eps_beta is not None else {}),
+        steps=config.steps, lr=spec.effective_lr, checkpoint_every=config.eval_every,
+        blocks_per_group=config.blocks_per_group, retrain_steps=config.retrain_steps,
+        retrain_lr=spec.effective_lr * TrainConfig.final_lr_fraction, seed=spec.seed,
+    )
 
 
 def _trainer(config: StudyConfig, spec: RunSpec, run_dir: Path, data_dir) -> Trainer:
-    vconfig = VariationalConfig(
-        budget_bits=parse_budget_bits(spec.budget), param=spec.param,
-        group_sizes=get_model_spec(config.model).group_sizes, hash_seed=spec.seed, partition_seed=spec.seed,
-        mean_kl_form=config.mean_kl_form,
-        **({"eps_beta": spec.eps_beta} if spec.eps_beta is not None else {}),
-    )
-    tconfig = TrainConfig(steps=config.steps, seed=spec.seed, lr=spec.effective_lr, checkpoint_every=config.eval_every)
-    vmodel = VariationalModel(create_model(config.model, spec.seed), vconfig)
-    return Trainer(vmodel, _split(config.dataset, "train", data_dir), tconfig, run_dir,
-                   {"model": config.model, "dataset": config.dataset,
-                    "coding": _coding_config(config, spec).to_dict()})
+    return build_trainer(create_model(config.model, spec.seed), _split(config.dataset, "train", data_dir),
+                         _compress_config(config, spec), run_dir, model_name=config.model, data_name=config.dataset)
 
 
 def _curve_point(trainer: Trainer, test) -> dict:
@@ -265,7 +261,7 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
         curve = _train_with_curve(trainer, run_dir, test, config.eval_every, progress)
         trained = {
             "curve": curve,
-            "objective": _objective_curve(run_dir, len(trainer.data), config.eval_every),
+            "objective": _objective_curve(run_dir, trainer.num_examples, config.eval_every),
             "final": evaluate_posterior(trainer.vmodel, test, spec.seed),
             "step_ms": round(trainer.step_ms(), 2), "train_seconds": round(trainer.seconds, 2),
             "tails": _posterior_tails(trainer.vmodel), "kl": trainer.vmodel.kl_summary(),
@@ -273,7 +269,7 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
         _write_json(trained_path, trained)
     start = time.perf_counter()
     mrc = run_dir / "model.mrc"
-    result = run_compression(trainer, _coding_config(config, spec), mrc, config.model, progress)
+    result = run_compression(trainer, _compress_config(config, spec).coding(), mrc, config.model, progress)
     coding_seconds = time.perf_counter() - start
     decoded = decompress(mrc)
     vmodel = result.vmodel
