@@ -167,6 +167,10 @@ def print_train_summary(s: dict) -> None:
     )
 
 
+def _as_given(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _from_checkpoint(args) -> tuple[CompressConfig, nn.Module, str]:
     """The configuration, model and dataset of the checkpoint ``--from`` names. Options that
     contradict it are refused; the coding options may be given."""
@@ -176,16 +180,11 @@ def _from_checkpoint(args) -> tuple[CompressConfig, nn.Module, str]:
         raise InvalidInput(f"{args.from_checkpoint} was written by an older miracle; train it again")
     config = CompressConfig.from_dict(identity["config"]).replace(steps=state["step"])
     explicit = _explicit_options(args)
-    given = {"model": args.model, "dataset": args.dataset, "steps": explicit.get("steps")}
-    recorded = {"model": identity["model"], "dataset": identity["dataset"], "steps": state["step"]}
-    given.update({k: v for k, v in explicit.items() if k not in CODING_FIELDS and k != "steps"})
-    recorded.update({k: getattr(config, k) for k in explicit if k not in CODING_FIELDS and k != "steps"})
-    if given.get("include") is not None:
-        given["include"] = tuple(given["include"])
-    if given.get("exclude") is not None:
-        given["exclude"] = tuple(given["exclude"])
+    given = {"model": args.model, "dataset": args.dataset,
+             **{k: _as_given(v) for k, v in explicit.items() if k not in CODING_FIELDS}}
+    recorded = {"model": identity["model"], "dataset": identity["dataset"], **config.to_dict()}
     clashes = [f"--{k.replace('_', '-')} {given[k]} (the checkpoint has {recorded[k]})"
-               for k in given if given[k] is not None and given[k] != recorded[k]]
+               for k in given if given[k] is not None and given[k] != _as_given(recorded[k])]
     if clashes:
         raise InvalidInput(f"{args.from_checkpoint} contradicts {'; '.join(clashes)}: leave these options out "
                            "(only the coding options may change after training)")
