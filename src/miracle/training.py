@@ -4,12 +4,14 @@ The loss is the negative ELBO *per training example*:
 
     loss = loss_fn(outputs, targets) + sum_b beta_b KL_b (nats) / N_train
 
-where ``loss_fn`` is the batch's mean negative log-likelihood (default: cross-entropy), so beta_b = 1 is the exact ELBO. Mean-KL has a constant KL (the term has no gradient and no
-beta); Mean-Var anneals its betas after every step (:class:`miracle.posteriors.MeanVar`).
+where ``loss_fn`` is the batch's mean negative log-likelihood (default: cross-entropy), so
+beta_b = 1 is the exact ELBO. Mean-KL has a constant KL (the term has no gradient and no beta);
+Mean-Var anneals its betas after every step (:class:`miracle.posteriors.MeanVar`).
 
 Every random choice is derived from ``seed``: the batches of epoch e from (seed, e) (see
-:mod:`miracle.batches` for a user's own DataLoader), the weight noise of step t from (seed, t). A run resumed from a checkpoint therefore continues
-exactly as the uninterrupted run would have.
+:mod:`miracle.batches` for a user's own DataLoader), the weight noise of step t from
+(seed, t). A run resumed from a checkpoint therefore continues exactly as the uninterrupted
+run would have.
 """
 
 from __future__ import annotations
