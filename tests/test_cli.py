@@ -25,6 +25,7 @@ def _replace(args, flag, value):
         (BASE + ["--param", "mean-std"], "invalid choice: 'mean-std'"),
         (BASE + ["--lr", "1e12", "--param", "mean-var", "--steps", "50"], "diverged"),
         (BASE + ["--lr", "-1"], "learning rate"),
+        (BASE + ["--kl-bits", "30"], "must be in (0, 16], the bits per block"),
         (BASE + ["--weight-samples", "0"], "weight samples per step must be between 1 and the batch size"),
         (BASE + ["--kl-anneal-from", "0.5", "--kl-anneal-steps", "1"], "KL annealing must start"),
     ],

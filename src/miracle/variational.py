@@ -52,6 +52,9 @@ class VariationalConfig:
             raise InvalidInput(f"unknown parameterisation {self.param!r}; choose one of {', '.join(POSTERIORS)}")
         if self.mean_kl_form not in MeanKL.FORMS:
             raise InvalidInput(f"unknown Mean-KL form {self.mean_kl_form!r}; choose one of {', '.join(MeanKL.FORMS)}")
+        if self.kl_bits is not None and not 0 < self.kl_bits <= self.bits_per_block:
+            raise InvalidInput(f"the KL per block (kl_bits) must be in (0, {self.bits_per_block}], the bits per "
+                               f"block; got {self.kl_bits}")
 
     def to_dict(self) -> dict:
         return asdict(self)
