@@ -73,3 +73,21 @@ def test_budget_units(text, bits):
 def test_bad_budget_text(text):
     with pytest.raises(InvalidInput):
         parse_budget_bits(text)
+
+
+def test_the_vgg_codes_its_convolutions_and_linears_and_sends_batchnorm_as_side_information():
+    from miracle.budget import Budget
+    from miracle.compress import index_bits_for
+    from miracle.models import create_model
+
+    model = create_model("vgg-bn")
+    assert 1_000_000 <= sum(p.numel() for p in model.parameters()) <= 5_000_000
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    coded = select_parameters(model)
+    assert len(coded) == 16 and not any(isinstance(model.get_submodule(n.rsplit(".", 1)[0]), nn.BatchNorm2d)
+                                        for n in coded)
+    index_bits = index_bits_for(Budget.from_options("20KB"), model, bits_per_block=16, group_sizes={},
+                                model_name="vgg-bn")
+    # Six BatchNorms' weights, biases and running statistics (4 x 896 float32) come off the
+    # budget, with their names, the header and the prior scales (under 1 KB).
+    assert 20_000 - 4 * 4 * 896 - 1000 < index_bits / 8 < 20_000 - 4 * 4 * 896
