@@ -50,8 +50,7 @@ def main() -> None:
         "one_process": one, "two_processes": two, "ratio_two_to_one": round(two["step_ms"] / one["step_ms"], 3),
         **provenance(),
     }
-    line = json.dumps(figures)
-    print(line)
+    print(json.dumps(figures))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")

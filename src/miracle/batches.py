@@ -124,8 +124,6 @@ class LoaderBatches:
 def training_batches(data, batch_size: int, seed: int, *, num_examples: int | None = None,
                      rank: int = 0, world_size: int = 1) -> IndexedBatches | LoaderBatches:
     """The training batches of ``data`` (a Split, a map-style Dataset or a DataLoader)."""
-    if isinstance(data, (IndexedBatches, LoaderBatches)):
-        return data
     if isinstance(data, DataLoader):
         count = num_examples if num_examples is not None else _sized(data.dataset)
         if not count:

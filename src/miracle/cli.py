@@ -167,10 +167,6 @@ def print_train_summary(s: dict) -> None:
     )
 
 
-def _as_given(value):
-    return tuple(value) if isinstance(value, list) else value
-
-
 def _from_checkpoint(args) -> tuple[CompressConfig, nn.Module, str]:
     """The configuration, model and dataset of the checkpoint ``--from`` names. Options that
     contradict it are refused; the coding options may be given."""
@@ -180,11 +176,11 @@ def _from_checkpoint(args) -> tuple[CompressConfig, nn.Module, str]:
         raise InvalidInput(f"{args.from_checkpoint} was written by an older miracle; train it again")
     config = CompressConfig.from_dict(identity["config"]).replace(steps=state["step"])
     explicit = _explicit_options(args)
-    given = {"model": args.model, "dataset": args.dataset,
-             **{k: _as_given(v) for k, v in explicit.items() if k not in CODING_FIELDS}}
-    recorded = {"model": identity["model"], "dataset": identity["dataset"], **config.to_dict()}
+    given = {"model": args.model, "dataset": args.dataset,  # --include/--exclude come as lists
+             **{k: tuple(v) if isinstance(v, list) else v for k, v in explicit.items() if k not in CODING_FIELDS}}
+    recorded = {"model": identity["model"], "dataset": identity["dataset"], **dataclasses.asdict(config)}
     clashes = [f"--{k.replace('_', '-')} {given[k]} (the checkpoint has {recorded[k]})"
-               for k in given if given[k] is not None and given[k] != _as_given(recorded[k])]
+               for k in given if given[k] is not None and given[k] != recorded[k]]
     if clashes:
         raise InvalidInput(f"{args.from_checkpoint} contradicts {'; '.join(clashes)}: leave these options out "
                            "(only the coding options may change after training)")
@@ -231,7 +227,7 @@ def cmd_compress(args) -> dict | None:
         "index_bytes": index_bytes,
         "side_bytes": result.size_bytes - index_bytes,
         "uncoded_bytes": result.uncoded_bytes,
-        "budget": dataclasses.asdict(config.budget_spec) if config.budget or config.index_budget else None,
+        "budget": dataclasses.asdict(config.budget_spec),
         "blocks": result.num_blocks,
         "bits_per_block": result.bits_per_block,
         # Training alone (the trainer's clock goes on through the retraining while coding).

@@ -169,10 +169,9 @@ def build_trainer(model: nn.Module, train_data, config: CompressConfig, work_dir
     device = resolve_device(device, model)
     distributed.init_from_environment(device)
     default_hashing = default_group_sizes(model_name)
-    group_sizes = config.group_sizes if config.group_sizes is not None else default_hashing
     index_bits = index_bits_for(config.budget_spec, model, bits_per_block=config.bits_per_block,
-                                group_sizes=group_sizes, include=config.include, exclude=config.exclude,
-                                seed=config.seed, model_name=model_name)
+                                group_sizes=config.hashing(default_hashing), include=config.include,
+                                exclude=config.exclude, seed=config.seed, model_name=model_name)
     vmodel = VariationalModel(model.cpu(), config.variational(index_bits, default_hashing)).to(device)
     return Trainer(vmodel, train_data, config.training(), work_dir,
                    {"model": model_name, "dataset": data_name, "config": config.to_dict()},

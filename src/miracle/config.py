@@ -88,13 +88,16 @@ class CompressConfig:
     def budget_spec(self) -> Budget:
         return Budget.from_options(self.budget, self.index_budget)
 
-    def variational(self, budget_bits: int, group_sizes: dict[str, int] | None = None) -> VariationalConfig:
-        """The posterior's structure, once the budget is known in index bits; ``group_sizes``
-        (the model's default hashing) applies when the configuration names none."""
-        sizes = self.group_sizes if self.group_sizes is not None else (group_sizes or {})
+    def hashing(self, default: dict[str, int] | None = None) -> dict[str, int]:
+        """The group sizes of the run: the configuration's, else ``default`` (the registered
+        model's hashing)."""
+        return dict(self.group_sizes if self.group_sizes is not None else (default or {}))
+
+    def variational(self, budget_bits: int, default_hashing: dict[str, int] | None = None) -> VariationalConfig:
+        """The posterior's structure, once the budget is known in index bits."""
         return VariationalConfig(
             budget_bits=budget_bits, param=self.param, bits_per_block=self.bits_per_block,
-            group_sizes=dict(sizes), include=list(self.include) if self.include else None,
+            group_sizes=self.hashing(default_hashing), include=list(self.include) if self.include else None,
             exclude=list(self.exclude) if self.exclude else None, hash_seed=self.seed, partition_seed=self.seed,
             kl_bits=self.kl_bits, mean_kl_form=self.mean_kl_form, beta_initial=self.beta_initial,
             eps_beta=self.eps_beta,

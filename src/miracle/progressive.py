@@ -56,8 +56,8 @@ def code_progressively(trainer: Trainer, config: CodingConfig, progress: bool = 
     vmodel.freeze_prior()
     first_retraining_step = trainer.config.steps
     retrain_lr = config.retrain_lr if config.retrain_lr is not None else DEFAULT_RETRAIN_LR[vmodel.config.param]
-    bar = tqdm(total=vmodel.num_blocks, initial=int(vmodel.coded.sum()), disable=not (progress and distributed.is_main()),
-               desc="coding", unit="block", dynamic_ncols=True)
+    bar = tqdm(total=vmodel.num_blocks, initial=int(vmodel.coded.sum()),
+               disable=not (progress and distributed.is_main()), desc="coding", unit="block", dynamic_ncols=True)
     try:
         while not bool(vmodel.coded.all()):
             groups_done = math.ceil(int(vmodel.coded.sum()) / config.blocks_per_group)

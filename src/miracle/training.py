@@ -269,8 +269,8 @@ class Trainer:
         if self.step >= target_step:
             return
         metrics = open(self.out_dir / METRICS_NAME, "a") if self.writes else None
-        bar = tqdm(total=target_step, initial=self.step, disable=not (progress and distributed.is_main()), desc=desc, unit="step",
-                   dynamic_ncols=True, leave=False)
+        bar = tqdm(total=target_step, initial=self.step, disable=not (progress and distributed.is_main()), desc=desc,
+                   unit="step", dynamic_ncols=True, leave=False)
         try:
             while self.step < target_step:
                 start = time.perf_counter()
