@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import resource
 import sys
 from pathlib import Path
 
@@ -239,6 +240,8 @@ def cmd_compress(args) -> dict | None:
         "threads": torch.get_num_threads(),
         "processes": distributed.world_size(),
         "seconds": round(result.seconds, 2),
+        "coding_seconds": round(result.coding_seconds, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "miracle_published": MIRACLE_LENET5_MNIST,
         **provenance(),
     }

@@ -1,0 +1,93 @@
+"""The uncompressed reference: a registered model trained plainly (its own weights, no posterior).
+
+Trains with Adam and a cosine learning-rate schedule on batches drawn from the seed exactly as
+`compress` draws them, evaluates on the test split, and writes a JSON summary. With
+``--weights`` it also saves the trained ``state_dict``, the natural ``--init-from`` for
+``miracle compress``:
+
+    python benchmarks/baseline.py --model vgg-bn --dataset fashion-mnist --steps 1500 \\
+        --out results/vgg/vgg-bn-fashion-mnist-plain.json --weights vgg-bn-fashion-mnist.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from miracle import threads
+from miracle.batches import accuracy, batch_indices
+from miracle.data import DATASETS, load
+from miracle.models import create_model, model_names
+from miracle.provenance import provenance
+
+
+def train_plain(model: nn.Module, data, *, steps: int, batch_size: int, lr: float, seed: int,
+                log_every: int = 100) -> float:
+    """Train `model` in place; returns the mean training seconds per step."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        index = batch_indices(step, len(data), batch_size, seed)
+        loss = nn.functional.cross_entropy(model(data.images[index]), data.labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if log_every and (step + 1) % log_every == 0:
+            print(f"step {step + 1}/{steps}  loss {loss.item():.4f}", file=sys.stderr, flush=True)
+    model.eval()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="lenet5-relu", choices=model_names())
+    parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", default=threads.AUTO)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", required=True, help="the JSON summary to write")
+    parser.add_argument("--weights", default=None, help="also save the trained state_dict here")
+    args = parser.parse_args()
+
+    used_threads = threads.use_threads(args.threads)
+    train, test = load(args.dataset, "train", args.data_dir), load(args.dataset, "test", args.data_dir)
+    model = create_model(args.model, seed=args.seed)
+    start = time.perf_counter()
+    step_seconds = train_plain(model, train, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                               seed=args.seed)
+    test_accuracy = accuracy(model, test)
+    summary = {
+        "model": args.model, "dataset": args.dataset, "steps": args.steps, "batch_size": args.batch_size,
+        "lr": args.lr, "seeds": [args.seed], "threads": used_threads,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "float32_bytes": 4 * sum(t.numel() for t in model.state_dict().values() if t.is_floating_point()),
+        "test_error": round(1 - test_accuracy, 4), "step_ms": round(1000 * step_seconds, 1),
+        "seconds": round(time.perf_counter() - start, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        **provenance(),
+    }
+    if args.weights:
+        torch.save(model.state_dict(), args.weights)
+        summary["weights"] = args.weights
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
