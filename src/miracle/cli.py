@@ -15,7 +15,7 @@ from torch import nn
 
 from . import coder
 from . import data as data_module
-from . import distributed, threads
+from . import distributed, files, threads
 from .compress import build_trainer, check_writable, compress, decompress, work_dir_for
 from .config import CODING_FIELDS, CONFIG_FIELDS, CompressConfig
 from .errors import InvalidInput, MiracleError
@@ -25,7 +25,7 @@ from .posteriors import POSTERIORS, MeanKL
 from .presets import PRESETS, get_preset
 from .provenance import provenance
 from .published import MIRACLE_LENET5_MNIST
-from .training import LR_SCHEDULES, accuracy, evaluate_posterior, load_checkpoint, save_atomic
+from .training import LR_SCHEDULES, accuracy, evaluate_posterior, load_checkpoint
 from .variational import VariationalModel
 
 
@@ -140,7 +140,8 @@ def cmd_train(args) -> dict | None:
     test_split = data_module.load(args.dataset, "test", args.data_dir)
     trainer = build_trainer(model, train_split, config, args.out, model_name=args.model, data_name=args.dataset,
                             device=args.device)
-    trainer.run(progress=not args.quiet)
+    with trainer.exclusive():
+        trainer.run(progress=not args.quiet)
     if not distributed.is_main():
         return None
     summary = {
@@ -152,7 +153,7 @@ def cmd_train(args) -> dict | None:
         "config": config.to_dict(),
         **provenance(),
     }
-    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    files.write_json(Path(args.out, "summary.json"), summary)
     return summary
 
 
@@ -245,7 +246,7 @@ def cmd_compress(args) -> dict | None:
         "miracle_published": MIRACLE_LENET5_MNIST,
         **provenance(),
     }
-    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    files.write_json(work / "summary.json", summary)
     return summary
 
 
@@ -278,7 +279,7 @@ def cmd_decompress(args) -> dict:
     check_writable(args.output)
     model = decompress(args.file, _receiver_model(args))
     out = Path(args.output)
-    save_atomic(model.state_dict(), out)
+    files.save_torch(model.state_dict(), out)
     return {"output": str(out), "model": read_mrc(args.file).model_name,
             "parameters": sum(p.numel() for p in model.parameters())}
 

@@ -121,21 +121,23 @@ def run_compression(trainer: Trainer, coding: CodingConfig, out, model_name: str
     """Train (resuming, or starting from the checkpoint ``start_from``), code progressively,
     write ``out`` atomically. With ``test_data``, the posterior is evaluated before coding."""
     check_writable(out)
-    start = time.perf_counter()
-    trainer.run(progress, start_from)
-    train_seconds = trainer.seconds
-    before = evaluate_posterior(trainer.vmodel, test_data, trainer.config.seed) if test_data is not None else {}
-    coding_start = time.perf_counter()
-    code_progressively(trainer, coding, progress)
-    vmodel = trainer.vmodel
-    contents = contents_of(vmodel, coding, model_name)
-    if distributed.is_main():
-        write_mrc(out, contents)
-    distributed.barrier()  # the other ranks return once the file is there
+    with trainer.exclusive():
+        start = time.perf_counter()
+        trainer.run(progress, start_from)
+        train_seconds = trainer.seconds
+        before = evaluate_posterior(trainer.vmodel, test_data, trainer.config.seed) if test_data is not None else {}
+        coding_start = time.perf_counter()
+        code_progressively(trainer, coding, progress)
+        vmodel = trainer.vmodel
+        contents = contents_of(vmodel, coding, model_name)
+        if distributed.is_main():
+            write_mrc(out, contents)
+        distributed.barrier()  # the other ranks return once the file is there
     uncoded_bytes = {name: 4 * value.numel() for name, value in contents.uncoded.items()}
     return CompressResult(Path(out), Path(out).stat().st_size, vmodel.num_blocks * vmodel.config.bits_per_block,
                           vmodel.num_blocks, vmodel.config.bits_per_block, train_seconds,
-                          time.perf_counter() - coding_start, time.perf_counter() - start, before, uncoded_bytes, vmodel)
+                          time.perf_counter() - coding_start, time.perf_counter() - start, before, uncoded_bytes,
+                          vmodel)
 
 
 def check_writable(out: str | os.PathLike) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from . import files
 from .errors import DataNotFound, InvalidInput
 
 SPLIT_FILES = {
@@ -150,9 +151,7 @@ def _install_verified(dataset: str, found: dict[str, Path], target: Path) -> Non
     out.mkdir(parents=True, exist_ok=True)
     for name, source in found.items():
         content = _read_verified(source, SHA256[dataset][name])
-        tmp = out / f".{name}.partial"
-        tmp.write_bytes(content)
-        tmp.replace(out / name)
+        files.write_bytes(out / name, content)
 
 
 def _from_canonical(dataset: str, workdir: Path) -> dict[str, Path]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import torch
 from .blocks import MAX_BITS_PER_BLOCK, MIN_BITS_PER_BLOCK
 from .coder.candidates import check_bits
 from .errors import InvalidInput, MiracleError
+from .files import WriteError, write_bytes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -116,8 +116,7 @@ class MalformedFile(FileFormatError):
     """Checksums are valid but the fields are inconsistent (a faulty writer) or bytes follow the end."""
 
 
-class MrcWriteError(MiracleError, OSError):
-    """The output path cannot be written."""
+MrcWriteError = WriteError  # the output path cannot be written
 
 
 # ----------------------------------------------------------------------------- contents
@@ -585,47 +584,9 @@ def describe_fields(data: bytes) -> list[tuple[str, str, bytes]]:
 
 
 def write_mrc(path: str | os.PathLike, contents: MrcContents) -> int:
-    """Write ``contents`` to ``path`` atomically; returns the file size in bytes.
-
-    The bytes go to a temporary file in the same folder, which is fsynced and then renamed
-    over ``path``: a reader sees either the old file or the complete new one, and a failed
-    write leaves nothing behind.
-    """
-    data = encode_mrc(contents)  # validate before touching the disk
-    path = Path(path)
-    tmp_name = None
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-        _fsync_folder(path.parent)
-    except OSError as e:
-        raise MrcWriteError(f"cannot write {str(path)!r}: {e.strerror or e}") from e
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
-    return len(data)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable where the OS allows it (best effort: not on Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write ``contents`` to ``path`` atomically (:func:`miracle.files.write_bytes`); returns
+    the file size in bytes."""
+    return write_bytes(path, encode_mrc(contents))  # encoding validates before the disk is touched
 
 
 def read_mrc(path: str | os.PathLike) -> MrcContents:

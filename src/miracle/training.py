@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, files
 from .batches import accuracy, to_device, training_batches
 from .errors import InvalidInput, MiracleError
 from .randomness import derived_generator
@@ -108,13 +108,6 @@ def evaluate_posterior(vmodel: VariationalModel, data, seed: int = 0) -> dict:
     }
 
 
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a truncated file."""
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _trainable(vmodel: VariationalModel) -> list[nn.Parameter]:
     return [p for p in vmodel.parameters() if p.requires_grad]
 
@@ -148,6 +141,10 @@ class Trainer:
         """Whether this process writes the run's files (one process, or rank 0 of several)."""
         return self.out_dir is not None and distributed.is_main()
 
+    def exclusive(self):
+        """Hold the run's directory while it trains and codes: a second run on it is refused."""
+        return files.exclusive(self.out_dir if self.writes else None)
+
     # -- checkpoints -------------------------------------------------------------------------
     def _identity(self) -> dict:
         return {"variational": self.vmodel.config.to_dict(), "train": asdict(self.config), **self.run_info}
@@ -167,7 +164,7 @@ class Trainer:
         if not self.writes:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        save_atomic(
+        files.save_torch(
             {"identity": self._identity(), "step": self.step, "seconds": self.seconds,
              "threads": torch.get_num_threads(),
              "vmodel": self.vmodel.state_dict(), "optimizer": self.optimizer.state_dict()},
@@ -268,7 +265,7 @@ class Trainer:
         schedule); checkpoints on the way."""
         if self.step >= target_step:
             return
-        metrics = open(self.out_dir / METRICS_NAME, "a") if self.writes else None
+        metrics = files.LineLog(self.out_dir / METRICS_NAME) if self.writes else None
         bar = tqdm(total=target_step, initial=self.step, disable=not (progress and distributed.is_main()), desc=desc,
                    unit="step", dynamic_ncols=True, leave=False)
         try:
@@ -278,7 +275,7 @@ class Trainer:
                 self.seconds += time.perf_counter() - start
                 record["seconds"] = round(self.seconds, 3)
                 if metrics:
-                    metrics.write(json.dumps(record) + "\n")
+                    metrics.write(json.dumps(record))
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record['kl_bits_total']:.0f}b", refresh=False)
                 if self.step % self.config.checkpoint_every == 0:
@@ -294,7 +291,7 @@ class Trainer:
         """Resume from the checkpoint if there is one, else start a fresh metrics file."""
         if not self.resume(start_from) and self.writes:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / METRICS_NAME).write_text("")
+            files.write_text(self.out_dir / METRICS_NAME, "")
 
     def run(self, progress: bool = True, start_from=None) -> None:
         """Train up to ``config.steps`` steps, resuming from the checkpoint if there is one."""
@@ -324,9 +321,9 @@ def _truncate_metrics(path: Path, steps_kept: int) -> None:
     """Drop metric lines written after the checkpoint we resume from."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= steps_kept]
-    path.write_text("".join(kept))
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and line.endswith("\n") and json.loads(line)["step"] <= steps_kept]  # a crash may cut the last line
+    files.write_text(path, "".join(kept))
 
 
 __all__ = ["TrainConfig", "Trainer", "accuracy", "evaluate_posterior", "load_checkpoint", "TrainingDiverged"]

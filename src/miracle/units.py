@@ -29,4 +29,8 @@ def parse_budget_bits(budget: str | int | float) -> int:
 
 
 def format_bytes(size_bytes: float) -> str:
-    return f"{size_bytes / 1000:.2f} KB" if size_bytes >= 1000 else f"{size_bytes:.0f} B"
+    """``1520`` -> "1.52 KB", ``2.5e9`` -> "2.50 GB" (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size_bytes >= scale:
+            return f"{size_bytes / scale:.2f} {unit}"
+    return f"{size_bytes:.0f} B"

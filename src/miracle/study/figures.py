@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from .. import files
 from ..published import LENET5_MNIST
 from .stats import mean_and_spread
 
@@ -162,4 +162,4 @@ def write_figures(summary: dict, json_dir: Path) -> None:
     provenance = {k: summary[k] for k in ("command", "git_commit", "date", "machine") if k in summary}
     context = {"preset": summary["preset"], "config": summary["config"], **provenance}
     for name, make in FIGURES.items():
-        (json_dir / f"{name}.json").write_text(json.dumps({**context, **make(summary)}, indent=1) + "\n")
+        files.write_json(json_dir / f"{name}.json", {**context, **make(summary)}, indent=1)

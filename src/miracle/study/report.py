@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import files
 from .figures import FIGURES, PARAMS, TAIL_QUANTITIES
 
 COLOURS = {"mean-var": "tab:orange", "mean-kl": "tab:blue"}
@@ -236,7 +237,7 @@ def write_markdown(figs: dict, out: Path) -> None:
         lines.append(f"| {LABELS[p['param']]} | {p['budget']} | {p['size_bytes']} | {100 * p['test_error']:.2f} |")
     for p in size["published"]:
         lines.append(f"| {p['method']} (published) | | {p['size_bytes']} | {100 * p['test_error']:.2f} |")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    files.write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
 def write_report(json_dir: Path, out: Path) -> Path:

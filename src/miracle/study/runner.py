@@ -18,7 +18,6 @@ anneal and keeps its default learning rate.
 from __future__ import annotations
 
 import json
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .. import data as data_module
+from .. import files
 from ..blocks import BlockLayout, num_blocks_for
 from ..compress import build_trainer, decompress, run_compression
 from ..config import CompressConfig
@@ -140,19 +140,13 @@ def open_study(out: Path, config: StudyConfig, preset: str) -> None:
     if out.exists() and any(out.iterdir()):
         raise InvalidInput(f"{out} is not empty and holds no study; choose an empty or new output directory")
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(settings, {**identity, **provenance()})
+    files.write_json(settings, {**identity, **provenance()})
 
 
 # -- one run ----------------------------------------------------------------------------------
 @lru_cache(maxsize=4)
 def _split(dataset: str, split: str, data_dir: str | None):
     return data_module.load(dataset, split, data_dir)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def _compress_config(config: StudyConfig, spec: RunSpec) -> CompressConfig:
@@ -189,14 +183,14 @@ def _train_with_curve(trainer: Trainer, run_dir: Path, test, eval_every: int, pr
     while True:
         if trainer.step % eval_every == 0 and (not curve or curve[-1]["step"] < trainer.step):
             curve.append(_curve_point(trainer, test))
-            _write_json(path, curve)
+            files.write_json(path, curve, indent=1)
         if trainer.step >= trainer.config.steps:
             break
         trainer.train_until(min((trainer.step // eval_every + 1) * eval_every, trainer.config.steps), progress)
         trainer.save_checkpoint()
     if curve[-1]["step"] < trainer.step:  # steps not a multiple of eval_every
         curve.append(_curve_point(trainer, test))
-        _write_json(path, curve)
+        files.write_json(path, curve, indent=1)
     return curve
 
 
@@ -266,7 +260,7 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
             "step_ms": round(trainer.step_ms(), 2), "train_seconds": round(trainer.seconds, 2),
             "tails": _posterior_tails(trainer.vmodel), "kl": trainer.vmodel.kl_summary(),
         }
-        _write_json(trained_path, trained)
+        files.write_json(trained_path, trained, indent=1)
     start = time.perf_counter()
     mrc = run_dir / "model.mrc"
     result = run_compression(trainer, _compress_config(config, spec).coding(), mrc, config.model, progress)
@@ -283,7 +277,7 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
         "decoded_tails": tail_summary((vmodel.coded_values / s)[real]),
         "pruning": _pruning_curve(decoded, test, config.prune_fractions),
     }
-    _write_json(done, run)
+    files.write_json(done, run, indent=1)
     return run
 
 
