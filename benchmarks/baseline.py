@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from miracle import threads
+from miracle import files, threads
 from miracle.batches import accuracy, batch_indices
 from miracle.data import DATASETS, load
 from miracle.models import create_model, model_names
@@ -82,10 +82,10 @@ def main() -> None:
         **provenance(),
     }
     if args.weights:
-        torch.save(model.state_dict(), args.weights)
+        files.save_torch(model.state_dict(), args.weights)
         summary["weights"] = args.weights
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
+    files.write_json(args.out, summary, indent=1)
     print(json.dumps(summary))
 
 
