@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import sys
 import time
 from pathlib import Path
@@ -23,29 +22,28 @@ import torch
 from torch import nn
 
 from miracle import files, threads
-from miracle.batches import accuracy, batch_indices
+from miracle.batches import accuracy
+from miracle.config import CompressConfig
 from miracle.data import DATASETS, load
 from miracle.models import create_model, model_names
-from miracle.provenance import provenance
+from miracle.provenance import peak_rss_mb, provenance
+from training import PlainStep  # benchmarks/training.py: the same plain step it times
 
 
 def train_plain(model: nn.Module, data, *, steps: int, batch_size: int, lr: float, seed: int,
                 log_every: int = 100) -> float:
-    """Train `model` in place; returns the mean training seconds per step."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    """Train `model` in place with the benchmark's plain step on a cosine schedule; returns the
+    mean training seconds per step."""
+    stepper = PlainStep(model, data, CompressConfig(batch_size=batch_size, seed=seed), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+        stepper.optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
     model.train()
     start = time.perf_counter()
     for step in range(steps):
-        index = batch_indices(step, len(data), batch_size, seed)
-        loss = nn.functional.cross_entropy(model(data.images[index]), data.labels[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        stepper.train_step()
         schedule.step()
         if log_every and (step + 1) % log_every == 0:
-            print(f"step {step + 1}/{steps}  loss {loss.item():.4f}", file=sys.stderr, flush=True)
+            print(f"step {step + 1}/{steps}", file=sys.stderr, flush=True)
     model.eval()
     return (time.perf_counter() - start) / steps
 
@@ -78,7 +76,7 @@ def main() -> None:
         "float32_bytes": 4 * sum(t.numel() for t in model.state_dict().values() if t.is_floating_point()),
         "test_error": round(1 - test_accuracy, 4), "step_ms": round(1000 * step_seconds, 1),
         "seconds": round(time.perf_counter() - start, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": round(peak_rss_mb()),
         **provenance(),
     }
     if args.weights:

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 
 from miracle.coder import clear_caches, decode, encode, kl_bits
 from miracle.coder.candidates import CandidateBank
-from miracle.provenance import provenance
+from miracle.provenance import peak_rss_mb, provenance
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,7 +118,7 @@ def run(args: argparse.Namespace) -> dict:
                rule=other_rule, bank_cache_bytes=args.bank_cache_bytes)
     other_rule_seconds = time.perf_counter() - start
 
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is KiB on Linux
+    peak_rss = peak_rss_mb()
     kl = kl_bits(mu, sigma, s)
     return {
         **provenance(),
@@ -145,7 +144,7 @@ def run(args: argparse.Namespace) -> dict:
         f"{other_rule}_seconds_all_blocks_bank_cached": round(other_rule_seconds, 3),
         "decode_seconds_all_blocks": round(decode_seconds, 4),
         "decode_matches_encode": bool(torch.equal(decoded, samples)),
-        "peak_rss_mb": round(peak_rss_mb, 1),
+        "peak_rss_mb": round(peak_rss, 1),
     }
 
 

@@ -42,9 +42,9 @@ from miracle.provenance import provenance
 class PlainStep:
     """A deterministic training step of the model itself: what the posterior's step is against."""
 
-    def __init__(self, model: nn.Module, data, config) -> None:
+    def __init__(self, model: nn.Module, data, config, lr: float = 1e-3) -> None:
         self.model, self.data, self.config = model, data, config
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         self.step = 0
 
     def train_step(self) -> None:

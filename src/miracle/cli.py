@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import resource
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from .fileformat import FORMAT_VERSION, byte_breakdown, packed_size, read_mrc
 from .models import build_model, is_registered, load_weights, model_names
 from .posteriors import POSTERIORS, MeanKL
 from .presets import PRESETS, get_preset
-from .provenance import provenance
+from .provenance import peak_rss_mb, provenance
 from .published import MIRACLE_LENET5_MNIST
 from .training import LR_SCHEDULES, accuracy, evaluate_posterior, load_checkpoint
 from .variational import VariationalModel
@@ -242,7 +241,7 @@ def cmd_compress(args) -> dict | None:
         "processes": distributed.world_size(),
         "seconds": round(result.seconds, 2),
         "coding_seconds": round(result.coding_seconds, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": round(peak_rss_mb()),
         "miracle_published": MIRACLE_LENET5_MNIST,
         **provenance(),
     }

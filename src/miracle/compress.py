@@ -133,11 +133,11 @@ def run_compression(trainer: Trainer, coding: CodingConfig, out, model_name: str
         if distributed.is_main():
             write_mrc(out, contents)
         distributed.barrier()  # the other ranks return once the file is there
+    end = time.perf_counter()
     uncoded_bytes = {name: 4 * value.numel() for name, value in contents.uncoded.items()}
     return CompressResult(Path(out), Path(out).stat().st_size, vmodel.num_blocks * vmodel.config.bits_per_block,
                           vmodel.num_blocks, vmodel.config.bits_per_block, train_seconds,
-                          time.perf_counter() - coding_start, time.perf_counter() - start, before, uncoded_bytes,
-                          vmodel)
+                          end - coding_start, end - start, before, uncoded_bytes, vmodel)
 
 
 def check_writable(out: str | os.PathLike) -> None:

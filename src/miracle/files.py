@@ -143,8 +143,8 @@ def exclusive(directory: str | os.PathLike | None) -> Iterator[None]:
 
 class LineLog:
     """Lines appended to a file as they come (a run's metrics); a failed write is a
-    :class:`WriteError`. After a crash the file may end in a partial line, which
-    :func:`miracle.training` drops when it resumes."""
+    :class:`WriteError`. After a crash the file may end in a partial line, which the
+    trainer drops when it resumes."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)

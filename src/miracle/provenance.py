@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import resource
 import shlex
 import subprocess
 import sys
@@ -19,6 +20,11 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def peak_rss_mb() -> float:
+    """The most memory this process has held so far, in MB (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def provenance() -> dict:

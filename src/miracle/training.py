@@ -321,8 +321,9 @@ def _truncate_metrics(path: Path, steps_kept: int) -> None:
     """Drop metric lines written after the checkpoint we resume from."""
     if not path.exists():
         return
+    # A crash may have cut the last line short.
     kept = [line for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and line.endswith("\n") and json.loads(line)["step"] <= steps_kept]  # a crash may cut the last line
+            if line.strip() and line.endswith("\n") and json.loads(line)["step"] <= steps_kept]
     files.write_text(path, "".join(kept))
 
 
