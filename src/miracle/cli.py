@@ -341,13 +341,20 @@ def cmd_study(args) -> dict:
             "seconds_this_invocation": summary["seconds_this_invocation"]}
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line, like every other user error, instead of the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="miracle", description=__doc__)
+    parser = _Parser(prog="miracle", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a variational posterior within a budget")
     _model_options(train, training=True)
-    train.add_argument("--dataset", default=None, help=f"dataset: {', '.join(data_module.DATASETS)}")
+    train.add_argument("--dataset", default=None, choices=tuple(data_module.DATASETS))
     _config_options(train, coding=False)
     _data_dir_option(train)
     _threads_option(train)
@@ -357,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compress = sub.add_parser("compress", help="train and code a model into a .mrc file")
     _model_options(compress, training=True)
-    compress.add_argument("--dataset", default=None, help=f"dataset: {', '.join(data_module.DATASETS)}")
+    compress.add_argument("--dataset", default=None, choices=tuple(data_module.DATASETS))
     _config_options(compress, coding=True)
     _data_dir_option(compress)
     _threads_option(compress)
@@ -378,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="test error of the network in a .mrc file")
     evaluate.add_argument("file")
-    evaluate.add_argument("--dataset", required=True)
+    evaluate.add_argument("--dataset", required=True, choices=tuple(data_module.DATASETS))
     _model_options(evaluate, training=False)
     _data_dir_option(evaluate)
     evaluate.add_argument("--json", action="store_true")
@@ -396,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", required=True, help="study folder; the same command again resumes it")
     study.add_argument("--budget", default=None, help="budget of the main comparison (default: the preset's)")
     study.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
-    study.add_argument("--dataset", default=None, help="dataset (default: the preset's)")
+    study.add_argument("--dataset", default=None, choices=tuple(data_module.DATASETS),
+                       help="dataset (default: the preset's)")
     study.add_argument("--jobs", type=int, default=1, help="runs in parallel, one thread each (default 1)")
     _data_dir_option(study)
     study.add_argument("--json", action="store_true")

@@ -21,10 +21,10 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-from tqdm import tqdm
 
 from . import coder, distributed
 from .errors import InvalidInput
+from .progress import bar as progress_bar
 from .training import DEFAULT_RETRAIN_LR, Trainer
 
 
@@ -56,14 +56,14 @@ def code_progressively(trainer: Trainer, config: CodingConfig, progress: bool = 
     vmodel.freeze_prior()
     first_retraining_step = trainer.config.steps
     retrain_lr = config.retrain_lr if config.retrain_lr is not None else DEFAULT_RETRAIN_LR[vmodel.config.param]
-    bar = tqdm(total=vmodel.num_blocks, initial=int(vmodel.coded.sum()),
-               disable=not (progress and distributed.is_main()), desc="coding", unit="block", dynamic_ncols=True)
+    bar = progress_bar(total=vmodel.num_blocks, initial=int(vmodel.coded.sum()), desc="coding", unit="block",
+                       enabled=progress and distributed.is_main())
     try:
         while not bool(vmodel.coded.all()):
             groups_done = math.ceil(int(vmodel.coded.sum()) / config.blocks_per_group)
             retrained_until = first_retraining_step + groups_done * config.retrain_steps
             if groups_done and trainer.step < retrained_until:
-                trainer.train_until(retrained_until, progress, desc="retraining", lr=retrain_lr)
+                trainer.train_until(retrained_until, progress, desc="retraining", lr=retrain_lr, transient=True)
                 trainer.save_checkpoint()
                 continue
             block_ids = torch.nonzero(~vmodel.coded).flatten()[: config.blocks_per_group]

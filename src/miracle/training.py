@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from . import distributed, files
 from .batches import accuracy, to_device, training_batches
 from .errors import InvalidInput, MiracleError
+from .progress import bar as progress_bar
 from .randomness import derived_generator
 from .posteriors import LN2
 from .variational import VariationalModel
@@ -260,14 +260,14 @@ class Trainer:
         return derived_generator(self.config.seed, 2, self.step, *([sample] if sample else []))
 
     def train_until(self, target_step: int, progress: bool = True, desc: str = "training",
-                    lr: float | None = None) -> None:
+                    lr: float | None = None, transient: bool = False) -> None:
         """Train until ``target_step`` steps are done in all (at ``lr`` if given, else on the
-        schedule); checkpoints on the way."""
+        schedule); checkpoints on the way. A ``transient`` run shows progress only on a terminal."""
         if self.step >= target_step:
             return
         metrics = files.LineLog(self.out_dir / METRICS_NAME) if self.writes else None
-        bar = tqdm(total=target_step, initial=self.step, disable=not (progress and distributed.is_main()), desc=desc,
-                   unit="step", dynamic_ncols=True, leave=False)
+        bar = progress_bar(total=target_step, initial=self.step, desc=desc, enabled=progress and distributed.is_main(),
+                           transient=transient)
         try:
             while self.step < target_step:
                 start = time.perf_counter()
