@@ -73,6 +73,8 @@ _MAX_VARINT_BYTES = 10
 _LENGTH_BYTES = 4  # total_length is a u32
 _HEAD_BYTES = len(MAGIC) + 1 + _LENGTH_BYTES + 1  # magic, version, total length, header check
 _MAX_FILE_BYTES = (1 << 32) - 1
+# No file holds more values; the bound applies to empty tensors too, whose strides still need it.
+_MAX_TENSOR_ELEMENTS = 1 << 32
 _U64 = 1 << 64
 _SECTIONS = ("header", "side_info", "index", "checksum")
 
@@ -334,6 +336,8 @@ def _check_contents(c: MrcContents) -> None:
                 f"uncoded tensor {name!r} is {kind}; .mrc stores float32 only: convert it, or leave "
                 "it out if the network does not need it (e.g. num_batches_tracked)"
             )
+        if math.prod(d for d in t.shape if d) >= _MAX_TENSOR_ELEMENTS:
+            raise InvalidInput(f"uncoded tensor {name!r} of shape {tuple(t.shape)} is too large for an .mrc file")
 
 
 def _spans_of(contents: MrcContents) -> list[tuple[str, str, bytes]]:
@@ -536,7 +540,10 @@ def _parse(data: bytes, where: str) -> tuple[MrcContents, list[tuple[str, str, i
             ndim = r.varint(f"ndim of {name!r}")
             if ndim > r.end - r.pos:
                 raise r.malformed(f"{name!r} has {ndim} dimensions")
-            return [r.varint(f"a dimension of {name!r}") for _ in range(ndim)]
+            dims = [r.varint(f"a dimension of {name!r}") for _ in range(ndim)]
+            if math.prod(d for d in dims if d) >= _MAX_TENSOR_ELEMENTS:
+                raise r.malformed(f"{name!r} has the impossible shape {tuple(dims)}")
+            return dims
 
         shape = r.field("side_info", f"uncoded[{name}].shape", read_shape)
         values = r.field("side_info", f"uncoded[{name}].values",
