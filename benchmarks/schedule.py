@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from miracle.files import write_json
 from miracle.provenance import provenance
 
 
@@ -45,22 +46,23 @@ def main() -> None:
     parser.add_argument("--param", default="mean-kl")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="results/schedule")
+    parser.add_argument("--tag", default="", help="appended to the file names: what the extra options change")
     parser.add_argument("extra", nargs="*", help="after --: more options for `miracle compress`")
     args = parser.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.model}-{args.dataset}-{args.budget}-{args.param}-{args.preset}"
+    name = f"{args.model}-{args.dataset}-{args.budget}-{args.param}-{args.preset}{'-' + args.tag if args.tag else ''}"
     runs = []
     for seed in args.seeds:
         summary_path = out / f"{name}-seed{seed}.json"
         if not summary_path.exists():
             print(f"seed {seed} ...", file=sys.stderr, flush=True)
-            summary_path.write_text(json.dumps(run_seed(args, seed, out / f"{name}-seed{seed}.mrc"), indent=2) + "\n")
+            write_json(summary_path, run_seed(args, seed, out / f"{name}-seed{seed}.mrc"))
         runs.append(json.loads(summary_path.read_text()))
     summary = {
         "preset": args.preset, "budget": args.budget, "model": args.model, "dataset": args.dataset,
-        "param": args.param, "seeds": args.seeds,
+        "param": args.param, "extra_options": args.extra, "seeds": args.seeds,
         "test_error": spread([r["test_error"] for r in runs]),
         "size_bytes": spread([r["size_bytes"] for r in runs]),
         "seconds": spread([r["seconds"] for r in runs]),
@@ -68,7 +70,7 @@ def main() -> None:
         "runs": [f"{name}-seed{seed}.json" for seed in args.seeds],
         **provenance(),
     }
-    (out / f"{name}-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / f"{name}-summary.json", summary)
     error, seconds = summary["test_error"], summary["seconds"]
     print(f"{name}: test error {100 * error['mean']:.2f}% ± {100 * error['std']:.2f} "
           f"({', '.join(f'{100 * e:.2f}%' for e in error['each'])}); size {max(summary['size_bytes']['each'])} bytes "

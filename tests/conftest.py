@@ -18,7 +18,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600):
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     """The folder holding MNIST, looked up as the library does: $MIRACLE_DATA, then the cache
-    (where `scripts/test` fetches the datasets on a machine without ../shared/datasets)."""
+    (where `scripts/test` fetches the datasets when $MIRACLE_DATA is not set)."""
     for root in (os.environ.get("MIRACLE_DATA"), data.cache_dir()):
         if root and data.is_available("mnist", root):
             return Path(root)

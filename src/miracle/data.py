@@ -34,7 +34,7 @@ SPLIT_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
-# SHA-256 of the decompressed files (../shared/datasets/README.md lists the same).
+# SHA-256 of the decompressed files, as their publishers list them.
 SHA256 = {
     "mnist": {
         "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",

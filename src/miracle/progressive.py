@@ -1,4 +1,4 @@
-"""Progressive coding (MIRACLE, method.md section 4): code a group of blocks, fix their weights
+"""Progressive coding (docs/method.md, "Progressive coding"): code a group of blocks, fix their weights
 to the coded sample, retrain the rest, repeat.
 
 The prior scales are frozen when coding starts (the receiver needs them). Under Mean-Var the

@@ -1,0 +1,54 @@
+"""The documentation tells the truth about the code and the result files."""
+
+import importlib.util
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("results_doc", ROOT / "docs" / "results.py")
+results_doc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(results_doc)
+
+DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_the_readme_tables_are_the_result_files_figures():
+    readme = (ROOT / "README.md").read_text()
+    assert readme == results_doc.readme_with_tables(readme), "run python docs/results.py"
+    table = readme.split("<!-- results-table -->")[1].split("<!-- /results-table -->")[0]
+    assert "0.89%" in table and "1.03 ± 0.03%" in table  # the rows hold figures, not just links
+
+
+def test_docs_results_md_is_generated_from_every_result_file():
+    text = (ROOT / "docs" / "results.md").read_text()
+    assert text == results_doc.results_md(), "run python docs/results.py"
+    for path in results_doc.result_files():
+        assert f"`results/{path.relative_to(results_doc.RESULTS).as_posix()}`" in text
+
+
+def test_a_changed_figure_makes_the_readme_stale(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    source = results_doc.RESULTS / "lenet5-relu-mnist-mean-kl.json"
+    (results / source.parent.relative_to(results_doc.RESULTS)).mkdir(parents=True, exist_ok=True)
+    (results / "lenet5-relu-mnist-mean-kl.json").write_text(source.read_text().replace('"test_error": 0.0089',
+                                                                                        '"test_error": 0.0091'))
+    monkeypatch.setattr(results_doc, "RESULTS", results)
+    assert "0.91%" in results_doc.headline_table() and "0.89%" not in results_doc.headline_table()
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_local_link_points_at_a_file_of_the_repository(doc):
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", doc.read_text()):
+        if not target.startswith(("http://", "https://")):
+            assert (doc.parent / target).resolve().is_file(), f"{doc.name} links to missing {target}"
+
+
+def test_no_file_refers_to_a_file_outside_the_repository():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    outside = b"../" + b"shared"  # spelled in two parts so that this file does not match itself
+    # CI alone may look beside the clone for the datasets its machine keeps there.
+    offenders = [name for name in tracked if name != ".ci/run" and outside in (ROOT / name).read_bytes()]
+    assert offenders == []
