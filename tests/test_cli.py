@@ -1,4 +1,6 @@
+import errno
 import json
+import os
 
 import pytest
 
@@ -55,3 +57,41 @@ def test_train_prints_the_json_summary(tmp_path, mnist_root):
     assert summary["blocks"] == 750 and summary["bits_per_block"] == 16 and summary["steps"] == 5
     assert abs(summary["kl_bits_total"] - 12000) < 0.75
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tmp_path, mnist_root):
+    from miracle import files
+
+    with files.exclusive(tmp_path / "run"):  # stands for a run in progress in this process
+        result = run_cli(*BASE, "--out", str(tmp_path / "run"), env={"MIRACLE_DATA": str(mnist_root)})
+    assert result.returncode == 2
+    assert f"another miracle run (process {os.getpid()}) is using" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_keeping_the_last_good_one(tmp_path, mnist_root, monkeypatch,
+                                                                            capsys):
+    from miracle import cli
+    from miracle.training import Trainer, load_checkpoint
+
+    saves = []
+    save = Trainer.save_checkpoint
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def save_until_the_disk_fills(self):
+        saves.append(self.step)
+        if len(saves) == 2:
+            monkeypatch.setattr(os, "fsync", full)
+        return save(self)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_until_the_disk_fills)
+    monkeypatch.setenv("MIRACLE_DATA", str(mnist_root))
+    run = tmp_path / "run"
+    status = cli.main(["train", *_replace(BASE, "--steps", "4")[1:], "--checkpoint-every", "2", "--out", str(run)])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert error.count("\n") == 1 and f"cannot write {run / 'checkpoint.pt'}: no space left on the device" in error
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == saves[0] == 2
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
