@@ -33,7 +33,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 def register_model(name: str, group_sizes: dict[str, int] | None = None):
     def decorator(factory):
         if name in _REGISTRY:
-            raise ValueError(f"a model named {name!r} is already registered")
+            raise InvalidInput(f"a model named {name!r} is already registered")
         _REGISTRY[name] = ModelSpec(name, factory, dict(group_sizes or {}))
         return factory
 

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from .blocks import BlockLayout
+from .errors import InvalidInput
 from .lambertw import lambertw0
 
 LN2 = math.log(2.0)
@@ -204,9 +205,9 @@ class MeanKL(Posterior):
         super().__init__(layout, bits_per_block)
         self.kl_bits = float(bits_per_block if kl_bits is None else kl_bits)
         if not 0 < self.kl_bits <= bits_per_block:
-            raise ValueError(f"kl_bits must be in (0, {bits_per_block}], got {kl_bits}")
+            raise InvalidInput(f"kl_bits must be in (0, {bits_per_block}], got {kl_bits}")
         if form not in self.FORMS:
-            raise ValueError(f"unknown Mean-KL form {form!r}; choose one of {', '.join(self.FORMS)}")
+            raise InvalidInput(f"unknown Mean-KL form {form!r}; choose one of {', '.join(self.FORMS)}")
         self.form, self.mean_share, self.mean_bound_margin = form, mean_share, mean_bound_margin
         self.kl_logits = nn.Parameter(torch.zeros(layout.num_blocks, layout.block_dim))
         if form == "free-mean":
