@@ -2,6 +2,7 @@
 
 import importlib.util
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -52,3 +53,27 @@ def test_no_file_refers_to_a_file_outside_the_repository():
     # CI alone may look beside the clone for the datasets its machine keeps there.
     offenders = [name for name in tracked if name != ".ci/run" and outside in (ROOT / name).read_bytes()]
     assert offenders == []
+
+
+def _readme_commands() -> list[str]:
+    """Every `miracle ...` command in the README's shell blocks, continuation lines joined."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("miracle "):
+                commands.append(line)
+    return commands
+
+
+def test_the_readme_shows_the_main_commands():
+    shown = {command.split()[1] for command in _readme_commands()}
+    assert {"compress", "decompress", "evaluate", "inspect", "train", "data", "study"} <= shown
+
+
+@pytest.mark.parametrize("command", _readme_commands())
+def test_every_readme_command_is_accepted_by_the_command_line(command):
+    from miracle.cli import build_parser
+
+    args = build_parser().parse_args(shlex.split(command)[1:])  # a wrong option exits with status 2
+    assert callable(args.func)
