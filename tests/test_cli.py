@@ -24,7 +24,7 @@ def _replace(args, flag, value):
         (_replace(BASE, "--index-budget", "lots"), "cannot read the budget"),
         (BASE + ["--bits-per-block", "25"], "between 1 and 24"),
         (BASE + ["--bits-per-block", "0"], "between 1 and 24"),
-        (BASE + ["--param", "mean-std"], "invalid choice: 'mean-std'"),
+        (BASE + ["--param", "nonsense"], "invalid choice: 'nonsense'"),
         (BASE + ["--lr", "1e12", "--param", "mean-var", "--steps", "50"], "diverged"),
         (BASE + ["--lr", "-1"], "learning rate"),
         (BASE + ["--kl-bits", "30"], "must be in (0, 16], the bits per block"),

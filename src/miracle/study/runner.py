@@ -186,7 +186,8 @@ def _train_with_curve(trainer: Trainer, run_dir: Path, test, eval_every: int, pr
             files.write_json(path, curve, indent=1)
         if trainer.step >= trainer.config.steps:
             break
-        trainer.train_until(min((trainer.step // eval_every + 1) * eval_every, trainer.config.steps), progress)
+        trainer.train_until(min((trainer.step // eval_every + 1) * eval_every, trainer.config.steps), progress,
+                            transient=True)  # one window of many: a log gets the runs' done lines
         trainer.save_checkpoint()
     if curve[-1]["step"] < trainer.step:  # steps not a multiple of eval_every
         curve.append(_curve_point(trainer, test))
