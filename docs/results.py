@@ -33,9 +33,6 @@ HEADLINE = [
      "schedule/lenet5-relu-mnist-3.03KB-mean-kl-fast-bpg20-summary.json"),
     ("LeNet-5, MNIST, Mean-KL, 40,000 steps, `--index-budget 1.5KB`", "lenet5-relu-mnist-mean-kl.json"),
     ("LeNet-5, MNIST, Mean-KL, `--preset demo` (`scripts/demo`)", "demo-lenet5-relu-mnist.json"),
-    ("VGG-BN (1.7 M parameters), Fashion-MNIST, trained plainly, float32", "vgg/vgg-bn-fashion-mnist-plain.json"),
-    ("VGG-BN, Fashion-MNIST, Mean-KL from those weights", "vgg/vgg-bn-fashion-mnist-30KB-mean-kl-from-trained.json"),
-    ("VGG-BN, Fashion-MNIST, Mean-KL from those weights", "vgg/vgg-bn-fashion-mnist-50KB-mean-kl-from-trained.json"),
 ]
 
 
@@ -167,8 +164,35 @@ def speed_table() -> str:
     return "\n".join(rows)
 
 
+def vgg_table() -> str:
+    plain = json.loads((RESULTS / "vgg" / "vgg-bn-fashion-mnist-plain.json").read_text())
+    steps = json.loads((RESULTS / "benchmarks" / "training-vgg-bn.json").read_text())
+    rows = ["| file | test error | posterior mean's error before coding | whole `compress` | of it coding | peak memory |",
+            "|---|---|---|---|---|---|",
+            f"| none: float32, {plain['float32_bytes']:,} B | {100 * plain['test_error']:.2f}% | | "
+            f"{plain['seconds']:.0f} s of training | | {plain['peak_rss_mb']:,.0f} MB |"]
+    files = [json.loads(p.read_text()) for p in (RESULTS / "vgg").glob("*-mean-kl-from-trained.json")]
+    for r in sorted(files, key=lambda r: r["size_bytes"]):
+        rows.append(f"| {r['size_bytes']:,} B ({r['side_bytes']:,} B not indices) | {100 * r['test_error']:.2f}% | "
+                    f"{100 * (1 - r['before_coding']['test_accuracy_mean']):.2f}% | {r['seconds']:,.0f} s | "
+                    f"{r['coding_seconds']:,.0f} s | {r['peak_rss_mb']:,.0f} MB |")
+    return "\n".join(rows) + (f"\n\nA training step (batch 128, two threads): plain {steps['plain_ms']:.0f} ms, "
+                               f"Mean-KL {steps['mean_kl_ms']:.0f} ms, Mean-Var {steps['mean_var_ms']:.0f} ms "
+                               f"(`python benchmarks/{steps['command']}`).")
+
+
+def coder_scaling_table() -> str:
+    runs = sorted((json.loads(p.read_text()) for p in (RESULTS / "benchmarks").glob("coder-scaling-*-blocks.json")),
+                  key=lambda r: r["blocks"])
+    rows = ["| blocks of 44 | free variables | encode (s) | decode (s) | peak memory |", "|---|---|---|---|---|"]
+    rows += [f"| {r['blocks']:,} | {r['blocks'] * r['dim']:,} | {r['fast_seconds_all_blocks']:.2f} | "
+             f"{r['decode_seconds_all_blocks']:.3f} | {r['peak_rss_mb']:,.0f} MB |" for r in runs]
+    return "\n".join(rows)
+
+
 # Blocks of the README that this script writes: <!-- name --> ... <!-- /name -->.
-README_BLOCKS = {"results-table": headline_table, "speed-table": speed_table}
+README_BLOCKS = {"results-table": headline_table, "speed-table": speed_table, "vgg-table": vgg_table,
+                 "coder-scaling-table": coder_scaling_table}
 
 
 def readme_with_tables(readme: str) -> str:
