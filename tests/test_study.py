@@ -11,7 +11,7 @@ from miracle.study import StudyConfig, run_study, write_report
 from miracle.study.figures import FIGURES, write_figures
 from miracle.study.runner import RunSpec, _trainer, check_config, choose_mean_var, execute_run, open_study
 from miracle.study.stats import (excess_kurtosis, hill_tail_index, histogram, mean_and_spread,
-                                 prune_by_magnitude)
+                                 prune_at_random, prune_by_magnitude, prune_by_signal_to_noise)
 
 # -- statistics on weights whose answer is known ------------------------------------------------
 
@@ -57,6 +57,25 @@ def test_global_magnitude_pruning_zeroes_the_smallest_entries():
         prune_by_magnitude(weights, 1.5)
 
 
+def test_signal_to_noise_pruning_removes_the_least_certain_weights_first():
+    weights = {"a": torch.tensor([3.0, -1.0, 2.0]), "b": torch.tensor([[-4.0, 0.5]])}
+    mu = {"a": torch.tensor([3.0, -1.0, 2.0]), "b": torch.tensor([[-4.0, 0.5]])}
+    # |mu| / sigma: 30, 10, 0.2, 4, 50 -> the large weight 2.0 goes first, the small 0.5 last
+    sigma = {"a": torch.tensor([0.1, 0.1, 10.0]), "b": torch.tensor([[-1.0, 0.01]])}
+    pruned = prune_by_signal_to_noise(weights, mu, sigma, 0.4)
+    assert pruned["a"].tolist() == [3.0, -1.0, 0.0] and pruned["b"].tolist() == [[0.0, 0.5]]
+    assert prune_by_magnitude(weights, 0.4)["a"][2] == 2.0  # magnitude would keep it
+
+
+def test_random_pruning_is_seeded_and_zeroes_the_fraction_asked():
+    weights = {"w": torch.arange(1.0, 101.0)}
+    first = prune_at_random(weights, 0.3, torch.Generator().manual_seed(5))["w"]
+    again = prune_at_random(weights, 0.3, torch.Generator().manual_seed(5))["w"]
+    other = prune_at_random(weights, 0.3, torch.Generator().manual_seed(6))["w"]
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert int((first == 0).sum()) == 30 and not torch.equal(first, prune_by_magnitude(weights, 0.3)["w"])
+
+
 def test_mean_and_spread():
     stat = mean_and_spread([1.0, 2.0, 3.0])
     assert stat == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "n": 3}
@@ -94,7 +113,9 @@ def _fixture_run(param, budget, seed, eps, reach_step, kl_max=16.0):
            "train_seconds": 40.0, "kl": {"kl_bits_per_block_max": kl_max},
            "tails": {q: tail for q in ("mu_over_s", "sigma_over_s", "kl_bits")}}
     run.update(size_bytes=1579 if budget == "1.5KB" else 3079, decoded_test_accuracy=0.94, decoded_tails=tail,
-               pruning=[{"fraction": f, "test_accuracy": 0.94 - f / 2} for f in (0.0, 0.5, 0.9)])
+               pruning=[{"fraction": f, "test_accuracy": 0.94 - f / 2} for f in (0.0, 0.5, 0.9)],
+               pruning_signal_to_noise=[{"fraction": f, "test_accuracy": 0.94 - f / 4} for f in (0.0, 0.5, 0.9)],
+               pruning_random=[{"fraction": f, "test_accuracy": 0.94 - f} for f in (0.0, 0.5, 0.9)])
     return run
 
 
@@ -128,7 +149,8 @@ def test_report_is_built_from_the_json_files_alone(tmp_path):
     assert conv["ratio_steps_mean_var_over_mean_kl"] == pytest.approx(2.0)  # 200 steps vs 100
     assert "Steps-to-target ratio Mean-Var / Mean-KL: 2.00" in text
     assert "| Mean-KL | 1579 | 96.00 ± 0.00 | 95.00 ± 0.00 | 94.00 ± 0.00 |" in text
-    assert "| 50 | 69.00 ± 0.00 | 69.00 ± 0.00 |" in text  # pruning: 0.94 - 0.5 / 2
+    # pruning at 50%, Mean-Var then Mean-KL: magnitude 0.94 - 0.5 / 2, signal-to-noise 0.94 - 0.5 / 4, random 0.94 - 0.5
+    assert "| 50 | 69.00 ± 0.00 | 81.50 ± 0.00 | 44.00 ± 0.00 | 69.00 ± 0.00 | 81.50 ± 0.00 | 44.00 ± 0.00 |" in text
     assert "| MIRACLE, highest compression (published) | | 1520 | 0.96 |" in text
     for png in ("convergence_steps", "convergence_seconds", "annealing", "tails", "pruning", "size_vs_error"):
         assert (report_dir / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
@@ -196,7 +218,8 @@ def test_a_run_killed_after_training_codes_without_training_again(tmp_path, mnis
     assert run["curve"][-1]["test_accuracy_sample"] == run["final"]["test_accuracy_sample"]
     assert run["size_bytes"] == (run_dir / "model.mrc").stat().st_size
     assert [p["fraction"] for p in run["pruning"]] == [0.0, 0.9]
-    assert run["pruning"][0]["test_accuracy"] == run["decoded_test_accuracy"]
+    for order in ("pruning", "pruning_signal_to_noise", "pruning_random"):  # nothing pruned: the decoded file
+        assert run[order][0]["test_accuracy"] == run["decoded_test_accuracy"]
     # As a kill during coding leaves it: trained, checkpoint at the end of training, no file.
     original = (run_dir / "model.mrc").read_bytes()
     trainer = _trainer(TINY, spec, tmp_path / "scratch", str(mnist_root))

@@ -131,16 +131,27 @@ def tails(summary: dict) -> dict:
                                      "(the KL in bits); tail index: Hill estimator on the top 5% of |x|"}
 
 
+# Beside magnitude (the run's "pruning"), the orders that test whether sigma ranks weights by importance.
+PRUNING_ORDERS = {"signal_to_noise": "pruning_signal_to_noise", "random": "pruning_random"}
+
+
+def _by_fraction(runs: list[dict], key: str, fractions) -> dict:
+    per_seed = [[p["test_accuracy"] for p in r[key]] for r in runs]
+    return {"seeds": per_seed,
+            "by_fraction": [mean_and_spread([acc[i] for acc in per_seed]) for i in range(len(fractions))]}
+
+
 def pruning(summary: dict) -> dict:
-    out = {}
     fractions = summary["config"]["prune_fractions"]
+    out, orders = {}, {}
     for param in PARAMS:
         runs = _main_runs(summary, param)
-        per_seed = [[p["test_accuracy"] for p in r["pruning"]] for r in runs]
-        out[param] = {"seeds": per_seed,
-                      "by_fraction": [mean_and_spread([acc[i] for acc in per_seed]) for i in range(len(fractions))]}
-    return {"fractions": fractions, "variants": out,
-            "note": "global magnitude pruning of the decoded weights (biases kept), no retraining"}
+        out[param] = _by_fraction(runs, "pruning", fractions)  # magnitude
+        orders[param] = {order: _by_fraction(runs, key, fractions) for order, key in PRUNING_ORDERS.items()
+                         if all(key in r for r in runs)}
+    return {"fractions": fractions, "variants": out, "orders": orders,
+            "note": "global pruning of the decoded weights (biases kept), no retraining; variants: smallest "
+                    "magnitude first; orders: also lowest posterior |mu|/sigma first and a seeded random order"}
 
 
 def size_vs_error(summary: dict) -> dict:

@@ -111,18 +111,30 @@ def plot_tails(fig_json: dict, out: Path) -> None:
     _save(fig, axes, out, legend_fontsize=8)
 
 
+PRUNING_STYLES = {"magnitude": ("-", "smallest |w| first"), "signal_to_noise": ("--", "lowest |mu|/sigma first"),
+                  "random": (":", "random order")}
+
+
+def _pruning_orders(fig_json: dict, param: str) -> dict:
+    """Each pruning order's curve for ``param``: magnitude always, the others when measured."""
+    return {"magnitude": fig_json["variants"][param],
+            **{order: curve for order, curve in fig_json.get("orders", {}).get(param, {}).items()}}
+
+
 def plot_pruning(fig_json: dict, out: Path) -> None:
-    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     xs = [100 * f for f in fig_json["fractions"]]
     for param in PARAMS:
-        by_fraction = fig_json["variants"][param]["by_fraction"]
-        ax.plot(xs, [100 * b["mean"] for b in by_fraction], marker="o", color=COLOURS[param],
-                label=f"{LABELS[param]} ({by_fraction[0]['n']} seeds)")
-        ax.fill_between(xs, [100 * b["min"] for b in by_fraction], [100 * b["max"] for b in by_fraction],
-                        color=COLOURS[param], alpha=0.2)
-    ax.set(xlabel="weights pruned (%, global magnitude, no retraining)", ylabel="test accuracy (%)",
+        for order, curve in _pruning_orders(fig_json, param).items():
+            style, what = PRUNING_STYLES[order]
+            by_fraction = curve["by_fraction"]
+            ax.plot(xs, [100 * b["mean"] for b in by_fraction], linestyle=style, marker="o", markersize=3,
+                    color=COLOURS[param], label=f"{LABELS[param]}, {what} ({by_fraction[0]['n']} seeds)")
+            ax.fill_between(xs, [100 * b["min"] for b in by_fraction], [100 * b["max"] for b in by_fraction],
+                            color=COLOURS[param], alpha=0.12)
+    ax.set(xlabel="weights pruned (%, global, no retraining)", ylabel="test accuracy (%)",
            title="Pruning the decoded weights")
-    _save(fig, [ax], out)
+    _save(fig, [ax], out, legend_fontsize=7)
 
 
 def plot_size_vs_error(fig_json: dict, out: Path) -> None:
@@ -225,12 +237,12 @@ def write_markdown(figs: dict, out: Path) -> None:
         mv, mk = tails["variants"]["mean-var"][quantity], tails["variants"]["mean-kl"][quantity]
         lines.append(f"| {TAIL_TITLES[quantity]} | {_num(mv['excess_kurtosis'], 2)} | {_num(mk['excess_kurtosis'], 2)} "
                      f"| {_num(mv['hill_tail_index'], 2)} | {_num(mk['hill_tail_index'], 2)} |")
+    columns = [(p, order, curve) for p in PARAMS for order, curve in _pruning_orders(prune, p).items()]
     lines += ["", "## 4. Pruning", "", "![pruning](pruning.png)", "", prune["note"] + ".", "",
-              "| pruned (%) | " + " | ".join(f"{LABELS[p]} accuracy (%)" for p in PARAMS) + " |",
-              "|---|" + "---|" * len(PARAMS)]
+              "| pruned (%) | " + " | ".join(f"{LABELS[p]}, {PRUNING_STYLES[o][1]} (%)" for p, o, _ in columns) + " |",
+              "|---|" + "---|" * len(columns)]
     for i, fraction in enumerate(prune["fractions"]):
-        lines.append(f"| {100 * fraction:g} | " + " | ".join(_pct(prune["variants"][p]["by_fraction"][i])
-                                                           for p in PARAMS) + " |")
+        lines.append(f"| {100 * fraction:g} | " + " | ".join(_pct(c["by_fraction"][i]) for _, _, c in columns) + " |")
     lines += ["", "## 5. Size against error", "", "![size against error](size_vs_error.png)", "",
               size["note"] + ".", "", "| variant | budget | file size (bytes) | test error (%) |", "|---|---|---|---|"]
     for p in size["ours"]:

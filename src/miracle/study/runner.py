@@ -39,7 +39,8 @@ from ..provenance import provenance
 from ..training import METRICS_NAME, TrainConfig, Trainer, accuracy, evaluate_posterior
 from ..units import parse_budget_bits
 from ..variational import VariationalModel, select_parameters
-from .stats import prune_by_magnitude, tail_summary
+from ..randomness import derived_generator
+from .stats import prune_at_random, prune_by_magnitude, prune_by_signal_to_noise, tail_summary
 
 PARAMS = ("mean-var", "mean-kl")
 # The learning rates of runs whose names carry none: the product's defaults when results/study
@@ -224,20 +225,33 @@ def _posterior_tails(vmodel: VariationalModel) -> dict:
             "kl_bits": tail_summary(kl_bits[real])}
 
 
-def _pruning_curve(model: torch.nn.Module, test, fractions) -> list[dict]:
-    """Test accuracy after global magnitude pruning of the weights (not biases), no retraining."""
-    weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.dim() > 1}
+def _pruning_curves(model: torch.nn.Module, vmodel: VariationalModel, test, fractions, seed: int) -> dict:
+    """Test accuracy after global pruning of the coded weight tensors (not biases), no
+    retraining, in three orders: smallest magnitude first, lowest posterior signal-to-noise
+    |mu| / sigma first (each block's posterior as it was coded), and a seeded random order."""
+    with torch.no_grad():
+        mu, sigma, _ = (vmodel.layout.blocks_to_tensors(t) for t in vmodel.block_mean_std())
     params = dict(model.named_parameters())
-    curve = []
-    for fraction in fractions:
-        with torch.no_grad():
-            for name, value in prune_by_magnitude(weights, fraction).items():
-                params[name].copy_(value)
-        curve.append({"fraction": fraction, "test_accuracy": accuracy(model, test)})
+    weights = {n: params[n].detach().clone() for n in mu if params[n].dim() > 1}
+    orders = {
+        "magnitude": lambda f: prune_by_magnitude(weights, f),
+        "signal_to_noise": lambda f: prune_by_signal_to_noise(weights, mu, sigma, f),
+        # The same permutation at every fraction (purpose 5; 1 to 4 are training's), so the
+        # pruned sets are nested as the other orders' are.
+        "random": lambda f: prune_at_random(weights, f, derived_generator(seed, 5)),
+    }
+    curves = {}
+    for order, prune in orders.items():
+        curves[order] = []
+        for fraction in fractions:
+            with torch.no_grad():
+                for name, value in prune(fraction).items():
+                    params[name].copy_(value)
+            curves[order].append({"fraction": fraction, "test_accuracy": accuracy(model, test)})
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    return curve
+    return curves
 
 
 def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | None = None,
@@ -276,8 +290,10 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
         "decoded_test_accuracy": accuracy(decoded, test),
         "coding_seconds": round(coding_seconds, 2),
         "decoded_tails": tail_summary((vmodel.coded_values / s)[real]),
-        "pruning": _pruning_curve(decoded, test, config.prune_fractions),
     }
+    pruning = _pruning_curves(decoded, vmodel, test, config.prune_fractions, spec.seed)
+    run["pruning"] = pruning.pop("magnitude")
+    run.update({f"pruning_{order}": curve for order, curve in pruning.items()})
     files.write_json(done, run, indent=1)
     return run
 
