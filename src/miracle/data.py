@@ -69,6 +69,17 @@ class Split:
         return len(self.labels)
 
 
+def carve(split: Split, held_out_examples: int, seed: int) -> tuple[Split, Split]:
+    """``split`` cut in two at random (seeded): the rest, and ``held_out_examples`` held out.
+    A validation split carved from the training data lets a setting be chosen without the
+    test set ever being looked at."""
+    if not 0 < held_out_examples < len(split):
+        raise InvalidInput(f"cannot hold out {held_out_examples} of {len(split)} examples")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    rest, held_out = order[held_out_examples:].sort().values, order[:held_out_examples].sort().values
+    return (Split(split.images[rest], split.labels[rest]), Split(split.images[held_out], split.labels[held_out]))
+
+
 def cache_dir() -> Path:
     from platformdirs import user_cache_dir
 

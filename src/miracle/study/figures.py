@@ -23,6 +23,8 @@ TAIL_QUANTITIES = ("decoded_over_s", "mu_over_s", "sigma_over_s", "kl_bits")
 def _compared(summary: dict, run: dict) -> bool:
     """A run of the comparison: Mean-KL, or Mean-Var at the chosen annealing rate."""
     chosen = summary["mean_var_chosen"]
+    if run["spec"].get("tuning"):  # trained and judged on the validation split
+        return False
     return run["spec"]["param"] == "mean-kl" or (run["spec"]["lr"], run["spec"]["eps_beta"]) == (
         chosen["lr"], chosen["eps_beta"])
 
@@ -88,16 +90,19 @@ def convergence(summary: dict) -> dict:
 
 
 def annealing(summary: dict) -> dict:
+    tuning = summary["config"].get("validation_examples", 0) > 0
     trial_runs = {(r["spec"]["lr"], r["spec"]["eps_beta"]): r for r in summary["runs"].values()
                   if r["spec"]["param"] == "mean-var" and r["spec"]["seed"] == 0
-                  and r["spec"]["budget"] == summary["config"]["budget"]}
+                  and r["spec"]["budget"] == summary["config"]["budget"] and r["spec"].get("tuning", False) == tuning}
     trials = []
     for trial in summary["annealing_trials"]:
         run = trial_runs.get((trial["lr"], trial["eps_beta"]), {})
         trials.append({**trial, "curve": run.get("curve", [])})
     return {"chosen": summary["mean_var_chosen"], "trials": trials, "lr": summary["lr"],
+            "judged_on": "validation" if tuning else "test",
             "rule": "the Mean-Var learning rate and annealing rate whose seed-0 file decodes to the best "
-                    "test accuracy; Mean-KL keeps its default learning rate"}
+                    f"accuracy on the {'validation split carved from the training data' if tuning else 'test set'}; "
+                    "Mean-KL keeps its default learning rate"}
 
 
 def compression(summary: dict) -> dict:

@@ -69,6 +69,10 @@ class StudyConfig:
     # The study in results/study ran with the first Mean-KL form; the presets keep it so that
     # it can be reproduced. (The product's default is "free-mean".)
     mean_kl_form: str = "bounded-mean"
+    # Mean-Var's trials train without this many training examples and are judged on them, so
+    # that its settings are chosen without the test set; 0: judged on the test set, as
+    # results/study was.
+    validation_examples: int = 0
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))  # tuples become lists, as in the saved file
@@ -92,12 +96,13 @@ class RunSpec:
     seed: int
     eps_beta: float | None  # Mean-Var only
     lr: float | None = None  # None: BASE_LR of the parameterisation
+    tuning: bool = False  # trained without the validation examples, evaluated on them, not on the test set
 
     @property
     def name(self) -> str:
         lr = f"_lr{self.lr:g}" if self.lr is not None else ""
         eps = f"_eps{self.eps_beta:g}" if self.eps_beta is not None else ""
-        return f"{self.param}_{self.budget}{lr}{eps}_seed{self.seed}"
+        return f"{self.param}_{self.budget}{lr}{eps}_seed{self.seed}{'_validation' if self.tuning else ''}"
 
     @property
     def effective_lr(self) -> float:
@@ -145,9 +150,26 @@ def open_study(out: Path, config: StudyConfig, preset: str) -> None:
 
 
 # -- one run ----------------------------------------------------------------------------------
+VALIDATION_SEED = 0  # one carve for every run: all trials are scored on the same examples
+
+
 @lru_cache(maxsize=4)
-def _split(dataset: str, split: str, data_dir: str | None):
-    return data_module.load(dataset, split, data_dir)
+def _split(dataset: str, split: str, data_dir: str | None, validation_examples: int = 0):
+    """"train", "test", or with ``validation_examples``: "train" without the validation
+    examples and "validation", both carved from the training data alone."""
+    if not validation_examples:
+        return data_module.load(dataset, split, data_dir)
+    rest, validation = data_module.carve(data_module.load(dataset, "train", data_dir), validation_examples,
+                                         VALIDATION_SEED)
+    return {"train": rest, "validation": validation}[split]
+
+
+def _data(config: StudyConfig, spec: RunSpec, data_dir) -> tuple:
+    """(training data, evaluation data) of a run: a tuning run never sees the test set."""
+    if spec.tuning:
+        return (_split(config.dataset, "train", data_dir, config.validation_examples),
+                _split(config.dataset, "validation", data_dir, config.validation_examples))
+    return _split(config.dataset, "train", data_dir), _split(config.dataset, "test", data_dir)
 
 
 def _compress_config(config: StudyConfig, spec: RunSpec) -> CompressConfig:
@@ -162,7 +184,7 @@ def _compress_config(config: StudyConfig, spec: RunSpec) -> CompressConfig:
 
 
 def _trainer(config: StudyConfig, spec: RunSpec, run_dir: Path, data_dir) -> Trainer:
-    return build_trainer(create_model(config.model, spec.seed), _split(config.dataset, "train", data_dir),
+    return build_trainer(create_model(config.model, spec.seed), _data(config, spec, data_dir)[0],
                          _compress_config(config, spec), run_dir, model_name=config.model, data_name=config.dataset)
 
 
@@ -261,7 +283,7 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
     done = run_dir / "run.json"
     if done.exists():
         return json.loads(done.read_text())
-    test = _split(config.dataset, "test", data_dir)
+    test = _data(config, spec, data_dir)[1]  # the validation split for a tuning run
     trainer = _trainer(config, spec, run_dir, data_dir)
     trained_path = run_dir / "trained.json"
     if trained_path.exists():
@@ -331,7 +353,8 @@ def _done_line(spec: RunSpec, result: dict) -> str:
 
 def choose_mean_var(trials: dict[RunSpec, dict]) -> RunSpec:
     """The Mean-Var trial (learning rate and annealing rate) whose seed-0 file decodes to the
-    best test accuracy: the end-to-end criterion. (Choosing by the budget alone picks collapsed
+    best accuracy (on the validation split, or for a study without one the test set): the
+    end-to-end criterion. (Choosing by the budget alone picks collapsed
     runs: a rate fast enough to meet the budget in a short schedule can drive the network to
     chance.)"""
     return max(trials, key=lambda spec: trials[spec]["decoded_test_accuracy"])
@@ -348,7 +371,8 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
     started = time.perf_counter()
     seeds = range(config.seeds)
     default_lr = BASE_LR["mean-var"]
-    trials = [RunSpec("mean-var", config.budget, 0, eps, None if lr == default_lr else lr)
+    tuning = config.validation_examples > 0
+    trials = [RunSpec("mean-var", config.budget, 0, eps, None if lr == default_lr else lr, tuning=tuning)
               for lr in config.mean_var_lrs for eps in config.eps_betas]
     mean_kl = [RunSpec("mean-kl", config.budget, seed, None) for seed in seeds]
     mean_kl += [RunSpec("mean-kl", budget, 0, None) for budget in config.sweep_budgets]
@@ -356,10 +380,11 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
     first = _run_all(config, trials + mean_kl, out, data_dir, jobs, log)
     chosen = choose_mean_var({t: first[t] for t in trials})
     log(f"Mean-Var setting chosen: learning rate {chosen.effective_lr:g}, annealing rate {chosen.eps_beta:g}")
-    mean_var = [replace(chosen, seed=seed) for seed in seeds if seed != 0]
-    mean_var += [replace(chosen, budget=budget) for budget in config.sweep_budgets]
+    # Trials judged on the test set double as the comparison's seed-0 run; validation trials do not.
+    mean_var = [replace(chosen, seed=seed, tuning=False) for seed in seeds if tuning or seed != 0]
+    mean_var += [replace(chosen, budget=budget, tuning=False) for budget in config.sweep_budgets]
     second = _run_all(config, mean_var, out, data_dir, jobs, log)
-    runs = {**first, **second}  # the trials include the seed-0 run of every setting
+    runs = {**first, **second}
     summary = {
         "preset": preset, "config": config.to_dict(),
         "mean_var_chosen": {"lr": chosen.effective_lr, "eps_beta": chosen.eps_beta},
