@@ -84,36 +84,38 @@ def test_mean_and_spread():
 
 
 def test_mean_var_choice_is_the_best_decoded_file():
-    trials = {RunSpec("mean-var", "1.5KB", 0, 1e-3): {"decoded_test_accuracy": 0.95},
-              RunSpec("mean-var", "1.5KB", 0, 3e-3, lr=1e-2): {"decoded_test_accuracy": 0.97},
-              RunSpec("mean-var", "1.5KB", 0, 1e-2): {"decoded_test_accuracy": 0.11}}
+    trials = {RunSpec("mean-var", "1.52KB", 0, 1e-3, 1e-3, tuning=True): {"decoded_test_accuracy": 0.95},
+              RunSpec("mean-var", "1.52KB", 0, 3e-3, 1e-2, tuning=True): {"decoded_test_accuracy": 0.97},
+              RunSpec("mean-var", "1.52KB", 0, 1e-2, 1e-3, tuning=True): {"decoded_test_accuracy": 0.11}}
     chosen = choose_mean_var(trials)
-    assert (chosen.eps_beta, chosen.effective_lr) == (3e-3, 1e-2)
-    assert RunSpec("mean-var", "1.5KB", 0, 1e-3).effective_lr == 1e-3  # the default, not in the name
-    assert chosen.name == "mean-var_1.5KB_lr0.01_eps0.003_seed0"
+    assert (chosen.eps_beta, chosen.lr) == (3e-3, 1e-2)
+    assert chosen.name == "mean-var_1.52KB_lr0.01_eps0.003_seed0_validation"
+    assert RunSpec("mean-kl", "1.52KB", 0, form="bounded-mean").name == "mean-kl-bounded-mean_1.52KB_seed0"
 
 
 # -- the report, from JSON alone -------------------------------------------------------------------
-FIXTURE_CONFIG = StudyConfig(model="lenet5", dataset="mnist", budget="1.5KB", seeds=2, steps=400, eval_every=100,
-                             blocks_per_group=25, retrain_steps=10, eps_betas=(1e-3, 1e-2), mean_var_lrs=(1e-3,), sweep_budgets=("3KB",),
-                             prune_fractions=(0.0, 0.5, 0.9))
+FIXTURE_CONFIG = StudyConfig(model="lenet5-relu", dataset="mnist", budget="1.52KB", seeds=2, schedule="demo",
+                             eval_every=100, eps_betas=(1e-3, 1e-2), mean_var_lrs=(1e-3,), other_budgets=("3.03KB",),
+                             schedule_changes=(("steps", 400),), prune_fractions=(0.0, 0.5, 0.9))
 
 
-def _fixture_run(param, budget, seed, eps, reach_step, kl_max=16.0):
+def _fixture_run(param, budget, seed, eps, reach_step, kl_max=16.0, tuning=False, form=None):
     """A run whose sample accuracy jumps from 0.5 to 0.95 at ``reach_step``."""
     curve = [{"step": s, "seconds": s / 10, "test_accuracy_mean": 0.96,
               "test_accuracy_sample": 0.5 if s < reach_step else 0.95,
               "kl_bits_per_block_max": kl_max, "kl_bits_total": 12000.0} for s in range(0, 401, 100)]
     tail = {"excess_kurtosis": 1.0 + seed, "hill_tail_index": 3.0,
             "histogram": {"edges": [-1.0, 0.0, 1.0], "counts": [3, 5], "outside": 0}, "count": 8}
-    lr = 3e-2 if param == "mean-kl" else 1e-3
-    run = {"spec": {"param": param, "budget": budget, "seed": seed, "eps_beta": eps, "lr": lr},
+    lr = 1e-2 if param == "mean-kl" else 1e-3
+    run = {"spec": {"param": param, "budget": budget, "seed": seed, "eps_beta": eps, "lr": lr, "tuning": tuning,
+                    "form": form},
            "curve": curve, "objective": [{"step": s, "seconds": s / 10, "loss": 1.0, "negative_elbo": 1.0 / s,
                                           "blocks_over_budget": 0} for s in range(100, 401, 100)],
            "final": {"test_accuracy_mean": 0.96, "test_accuracy_sample": 0.95}, "step_ms": 100.0,
            "train_seconds": 40.0, "kl": {"kl_bits_per_block_max": kl_max},
            "tails": {q: tail for q in ("mu_over_s", "sigma_over_s", "kl_bits")}}
-    run.update(size_bytes=1579 if budget == "1.5KB" else 3079, decoded_test_accuracy=0.94, decoded_tails=tail,
+    run.update(size_bytes=1520 if budget == "1.52KB" else 3030, decoded_test_accuracy=0.94 - (0.01 if form else 0),
+               decoded_tails=tail,
                pruning=[{"fraction": f, "test_accuracy": 0.94 - f / 2} for f in (0.0, 0.5, 0.9)],
                pruning_signal_to_noise=[{"fraction": f, "test_accuracy": 0.94 - f / 4} for f in (0.0, 0.5, 0.9)],
                pruning_random=[{"fraction": f, "test_accuracy": 0.94 - f} for f in (0.0, 0.5, 0.9)])
@@ -123,13 +125,14 @@ def _fixture_run(param, budget, seed, eps, reach_step, kl_max=16.0):
 def _fixture_summary():
     runs = {}
     for seed in (0, 1):
-        runs[f"kl{seed}"] = _fixture_run("mean-kl", "1.5KB", seed, None, reach_step=100)
-        runs[f"var{seed}"] = _fixture_run("mean-var", "1.5KB", seed, 1e-2, reach_step=200)
-    runs["var-trial"] = _fixture_run("mean-var", "1.5KB", 0, 1e-3, reach_step=400, kl_max=30.0)  # not chosen
-    runs["kl-3KB"] = _fixture_run("mean-kl", "3KB", 0, None, 100)
-    runs["var-3KB"] = _fixture_run("mean-var", "3KB", 0, 1e-2, 200)
-    return {"preset": "fixture", "config": FIXTURE_CONFIG.to_dict(), "mean_var_chosen": {"lr": 1e-3, "eps_beta": 1e-2},
-            "lr": {"mean-kl": 3e-2, "mean-var": 1e-3},
+        for budget in ("1.52KB", "3.03KB"):
+            runs[f"kl{seed}-{budget}"] = _fixture_run("mean-kl", budget, seed, None, reach_step=100)
+            runs[f"var{seed}-{budget}"] = _fixture_run("mean-var", budget, seed, 1e-2, reach_step=200)
+    runs["var-trial"] = _fixture_run("mean-var", "1.52KB", 0, 1e-3, reach_step=400, kl_max=30.0, tuning=True)
+    runs["var-trial-chosen"] = _fixture_run("mean-var", "1.52KB", 0, 1e-2, reach_step=200, tuning=True)
+    runs["kl-ablation"] = _fixture_run("mean-kl", "1.52KB", 0, None, reach_step=100, form="bounded-mean")
+    return {"preset": "fixture", "config": FIXTURE_CONFIG.to_dict(), "schedule_options": FIXTURE_CONFIG.schedule_options(),
+            "mean_var_chosen": {"lr": 1e-3, "eps_beta": 1e-2}, "lr": {"mean-kl": 1e-2, "mean-var": 1e-3},
             "annealing_trials": [{"lr": 1e-3, "eps_beta": 1e-3, "final": {"test_accuracy_mean": 0.9, "test_accuracy_sample": 0.8},
                                   "kl_bits_per_block_max": 30.0, "train_seconds": 40.0, "decoded_test_accuracy": 0.5},
                                  {"lr": 1e-3, "eps_beta": 1e-2, "final": {"test_accuracy_mean": 0.96, "test_accuracy_sample": 0.95},
@@ -149,10 +152,13 @@ def test_report_is_built_from_the_json_files_alone(tmp_path):
     assert [s["eps_beta"] for s in conv["variants"]["mean-var"]["seeds"]] == [1e-2, 1e-2]  # the trial of 1e-3 is out
     assert conv["ratio_steps_mean_var_over_mean_kl"] == pytest.approx(2.0)  # 200 steps vs 100
     assert "Steps-to-target ratio Mean-Var / Mean-KL: 2.00" in text
-    assert "| Mean-KL | 1579 | 96.00 ± 0.00 | 95.00 ± 0.00 | 94.00 ± 0.00 |" in text
+    assert "| 1.52KB | Mean-KL | 1520 | 96.00 ± 0.00 | 95.00 ± 0.00 | 94.00 ± 0.00 |" in text
+    assert "| 3.03KB | Mean-Var | 3030 | 96.00 ± 0.00 | 95.00 ± 0.00 | 94.00 ± 0.00 |" in text
+    assert "| bounded-mean | 1520 | 96.00 | 95.00 | 93.00 |" in text  # the ablation
+    assert "| Mean-KL | 3.03KB | 3030 | 6.00 ± 0.00 | 0, 1 |" in text  # size against error, every seed
     # pruning at 50%, Mean-Var then Mean-KL: magnitude 0.94 - 0.5 / 2, signal-to-noise 0.94 - 0.5 / 4, random 0.94 - 0.5
     assert "| 50 | 69.00 ± 0.00 | 81.50 ± 0.00 | 44.00 ± 0.00 | 69.00 ± 0.00 | 81.50 ± 0.00 | 44.00 ± 0.00 |" in text
-    assert "| MIRACLE, highest compression (published) | | 1520 | 0.96 |" in text
+    assert "| MIRACLE, highest compression (published) | | 1520 | 0.96 | |" in text
     for png in ("convergence_steps", "convergence_seconds", "annealing", "tails", "pruning", "size_vs_error"):
         assert (report_dir / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"({png}.png)" in text
@@ -160,8 +166,9 @@ def test_report_is_built_from_the_json_files_alone(tmp_path):
 
 def test_mean_var_over_budget_never_reaches_the_target(tmp_path):
     summary = _fixture_summary()
-    for key in ("var0", "var1"):
-        summary["runs"][key] = _fixture_run("mean-var", "1.5KB", int(key[-1]), 1e-2, reach_step=100, kl_max=18.0)
+    for seed in (0, 1):
+        summary["runs"][f"var{seed}-1.52KB"] = _fixture_run("mean-var", "1.52KB", seed, 1e-2, reach_step=100,
+                                                              kl_max=18.0)
     write_figures(summary, tmp_path)
     conv = json.loads((tmp_path / "convergence.json").read_text())
     assert conv["variants"]["mean-var"]["seeds_reaching_target"] == 0
@@ -206,13 +213,14 @@ def test_check_config_rejects_an_unknown_model():
 
 
 # -- real runs: tiny schedules -----------------------------------------------------------------
-TINY = StudyConfig(model="lenet5", dataset="mnist", budget="1.5KB", seeds=1, steps=6, eval_every=4,
-                   blocks_per_group=375, retrain_steps=2, eps_betas=(1e-2,), mean_var_lrs=(1e-3,), sweep_budgets=(),
-                   prune_fractions=(0.0, 0.9))
+TINY = StudyConfig(model="lenet5-relu", dataset="mnist", budget="1.52KB", seeds=1, schedule="demo", eval_every=4,
+                   eps_betas=(1e-2,), mean_var_lrs=(1e-3,), validation_examples=1000, prune_fractions=(0.0, 0.9),
+                   schedule_changes=(("steps", 6), ("kl_anneal_steps", 2), ("blocks_per_group", 375),
+                                     ("retrain_steps", 2)))
 
 
 def test_a_run_killed_after_training_codes_without_training_again(tmp_path, mnist_root):
-    spec = RunSpec("mean-var", "1.5KB", 0, 1e-2)
+    spec = RunSpec("mean-var", "1.52KB", 0, 1e-2)
     run = execute_run(TINY, spec, tmp_path, str(mnist_root))
     run_dir = tmp_path / "runs" / spec.name
     assert [p["step"] for p in run["curve"]] == [0, 4, 6]  # every 4 steps and at the end
@@ -248,7 +256,7 @@ def test_a_tuning_run_is_trained_and_judged_without_the_test_set(tmp_path, mnist
 
     runner._split.cache_clear()
     monkeypatch.setattr(data, "load", train_only)
-    spec = RunSpec("mean-var", "1.5KB", 0, 1e-2, tuning=True)
+    spec = RunSpec("mean-var", "1.52KB", 0, 1e-2, tuning=True)
     try:
         run = execute_run(config, spec, tmp_path, str(mnist_root))
     finally:
@@ -259,7 +267,7 @@ def test_a_tuning_run_is_trained_and_judged_without_the_test_set(tmp_path, mnist
 
 
 def test_an_interrupted_training_resumes_with_its_curve(tmp_path, mnist_root):
-    spec = RunSpec("mean-kl", "1.5KB", 0, None)
+    spec = RunSpec("mean-kl", "1.52KB", 0)
     whole = execute_run(TINY, spec, tmp_path / "whole", str(mnist_root))
     # As a run killed during training leaves it: the checkpoint of step 4, the curve up to it.
     part_dir = tmp_path / "part"

@@ -87,7 +87,8 @@ def plot_annealing(fig_json: dict, out: Path) -> None:
         ax_acc.plot(steps, [100 * p["test_accuracy_sample"] for p in trial["curve"]], label=label)
         ax_kl.plot(steps, [p["kl_bits_per_block_max"] for p in trial["curve"]], label=label)
     ax_kl.axhline(16, color="grey", linestyle="--", label="budget per block (16 bits)")
-    ax_acc.set(xlabel="training steps", ylabel="test accuracy, posterior sample (%)", title="Mean-Var trials (seed 0)")
+    ax_acc.set(xlabel="training steps", ylabel="validation accuracy, posterior sample (%)",
+               title="Mean-Var trials (seed 0)")
     ax_kl.set(xlabel="training steps", ylabel="largest block KL (bits)", title="Budget: largest block KL")
     ax_kl.set_yscale("log")
     _plain_log(ax_kl.yaxis)
@@ -141,8 +142,9 @@ def plot_size_vs_error(fig_json: dict, out: Path) -> None:
     fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     for param in PARAMS:
         points = [p for p in fig_json["ours"] if p["param"] == param]
-        ax.plot([p["size_bytes"] for p in points], [100 * p["test_error"] for p in points], marker="o",
-                color=COLOURS[param], label=f"{LABELS[param]} (our files, seed 0)")
+        ax.errorbar([p["size_bytes"] for p in points], [100 * p["test_error"]["mean"] for p in points],
+                    yerr=[100 * p["test_error"]["std"] for p in points], marker="o", capsize=3, color=COLOURS[param],
+                    label=f"{LABELS[param]} (our files, mean ± std over {points[0]['test_error']['n']} seeds)")
     for p, marker in zip(fig_json["published"], "xs^vD"):
         ax.scatter(p["size_bytes"], 100 * p["test_error"], marker=marker, color="black",
                    label=f"{p['method']} (published)")
@@ -172,13 +174,13 @@ def _num(stat: dict | None, digits: int = 0) -> str:
 def write_markdown(figs: dict, out: Path) -> None:
     conv, ann, comp = figs["convergence"], figs["annealing"], figs["compression"]
     tails, prune, size = figs["tails"], figs["pruning"], figs["size_vs_error"]
-    config = conv["config"]
+    config, schedule = conv["config"], conv["schedule_options"]
     lines = [
         f"# Mean-KL against Mean-Var: study `{conv['preset']}`",
         "",
-        f"{config['model']} on {config['dataset']}, budget {config['budget']}, 16 bits per block, "
-        f"{config['seeds']} seeds, {config['steps']} training steps, coding in groups of "
-        f"{config['blocks_per_group']} blocks with {config['retrain_steps']} retraining steps between groups.",
+        f"{config['model']} on {config['dataset']}, files of at most {', '.join([config['budget'], *config['other_budgets']])} "
+        f"(the main comparison at {config['budget']}), {config['seeds']} seeds each. Every run uses the product's "
+        f"`{config['schedule']}` schedule: " + ", ".join(f"`{k}` {v}" for k, v in schedule.items()) + ".",
         f"Command: `{conv.get('command', '?')}`, commit `{conv.get('git_commit', '?')}`, {conv.get('date', '?')}, "
         f"{conv.get('machine', '?')}. Values are mean ± standard deviation over seeds.",
         "",
@@ -212,6 +214,8 @@ def write_markdown(figs: dict, out: Path) -> None:
         f"Rule: {ann['rule']} ({ann['lr']['mean-kl']:g}). Chosen: learning rate {ann['chosen']['lr']:g}, "
         f"eps_beta {ann['chosen']['eps_beta']:g}. Both use Adam with the same cosine schedule.",
         "",
+        "Accuracies on the validation split:",
+        "",
         "| learning rate | eps_beta | sample accuracy (%) | mean accuracy (%) | largest block KL (bits) | decoded file (%) | training seconds |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -221,15 +225,25 @@ def write_markdown(figs: dict, out: Path) -> None:
                      f"{100 * t['decoded_test_accuracy']:.2f} | {t['train_seconds']:.0f} |")
     lines += [
         "",
-        f"## 2. Accuracy after compression ({comp['budget']})",
+        "## 2. Accuracy after compression",
         "",
-        "| variant | file size (bytes) | posterior mean (%) | posterior sample (%) | decoded file (%) |",
-        "|---|---|---|---|---|",
+        "Test accuracy at equal file size:",
+        "",
+        "| budget | variant | file size (bytes) | posterior mean (%) | posterior sample (%) | decoded file (%) |",
+        "|---|---|---|---|---|---|",
     ]
-    for param in PARAMS:
-        v = comp["variants"][param]
-        lines.append(f"| {LABELS[param]} | {v['size_bytes']['mean']:.0f} | {_pct(v['test_accuracy_mean'])} | "
-                     f"{_pct(v['test_accuracy_sample'])} | {_pct(v['test_accuracy_decoded'])} |")
+    for budget, variants in comp["by_budget"].items():
+        for param in PARAMS:
+            v = variants[param]
+            lines.append(f"| {budget} | {LABELS[param]} | {v['size_bytes']['max']:.0f} | {_pct(v['test_accuracy_mean'])} | "
+                         f"{_pct(v['test_accuracy_sample'])} | {_pct(v['test_accuracy_decoded'])} |")
+    ablation = figs["ablation"]
+    lines += ["", f"### Mean-KL's forms ({ablation['budget']}, seed 0)", "", ablation["note"] + ".", "",
+              "| form | file size (bytes) | posterior mean (%) | posterior sample (%) | decoded file (%) |",
+              "|---|---|---|---|---|"]
+    for f in ablation["forms"]:
+        lines.append(f"| {f['form']} | {f['size_bytes']} | {100 * f['test_accuracy_mean']:.2f} | "
+                     f"{100 * f['test_accuracy_sample']:.2f} | {100 * f['test_accuracy_decoded']:.2f} |")
     lines += ["", "## 3. Tails", "", "![histograms](tails.png)", "", tails["note"] + ".", "",
               "| quantity | Mean-Var excess kurtosis | Mean-KL excess kurtosis | Mean-Var tail index | Mean-KL tail index |",
               "|---|---|---|---|---|"]
@@ -244,11 +258,13 @@ def write_markdown(figs: dict, out: Path) -> None:
     for i, fraction in enumerate(prune["fractions"]):
         lines.append(f"| {100 * fraction:g} | " + " | ".join(_pct(c["by_fraction"][i]) for _, _, c in columns) + " |")
     lines += ["", "## 5. Size against error", "", "![size against error](size_vs_error.png)", "",
-              size["note"] + ".", "", "| variant | budget | file size (bytes) | test error (%) |", "|---|---|---|---|"]
+              size["note"] + ".", "", "| variant | budget | file size (bytes) | test error (%) | seeds |",
+              "|---|---|---|---|---|"]
     for p in size["ours"]:
-        lines.append(f"| {LABELS[p['param']]} | {p['budget']} | {p['size_bytes']} | {100 * p['test_error']:.2f} |")
+        lines.append(f"| {LABELS[p['param']]} | {p['budget']} | {p['size_bytes']} | {_pct(p['test_error'])} | "
+                     f"{', '.join(map(str, p['seeds']))} |")
     for p in size["published"]:
-        lines.append(f"| {p['method']} (published) | | {p['size_bytes']} | {100 * p['test_error']:.2f} |")
+        lines.append(f"| {p['method']} (published) | | {p['size_bytes']} | {100 * p['test_error']:.2f} | |")
     files.write_text(out / "report.md", "\n".join(lines) + "\n")
 
 

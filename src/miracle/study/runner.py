@@ -5,14 +5,17 @@ An output directory holds one study::
 
     OUT/study.json             the settings (a rerun must match them, and then resumes)
     OUT/runs/<run>/            one training-and-coding run: checkpoint, metrics.jsonl,
-                               curve.json (test accuracy during training), model.mrc,
+                               curve.json (accuracy during training), model.mrc,
                                trained.json (the posterior before coding), run.json (done)
     OUT/json/*.json            the figures, computed from the run files (see figures.py)
 
-Mean-Var is tuned first: every pair of learning rate and annealing rate of the preset is
-trained and coded with seed 0, and the pair whose file decodes best is used for the other
-seeds and budgets (its trial is the seed-0 run of the comparison). Mean-KL has nothing to
-anneal and keeps its default learning rate.
+Every run is trained and coded with a schedule the product ships (a preset of
+``miracle.presets``), at a budget of the whole file. Mean-Var is tuned first: every pair of
+learning rate and annealing rate is trained with seed 0 on the training data without a
+validation split carved from it, coded, and judged by the decoded file's accuracy on that
+split, so that the test set plays no part in the choice. The chosen pair then runs at every
+budget and seed, as Mean-KL does with the product's defaults; Mean-KL's other form runs once
+at the main budget, as an ablation.
 """
 
 from __future__ import annotations
@@ -29,63 +32,64 @@ import torch
 
 from .. import data as data_module
 from .. import files
-from ..blocks import BlockLayout, num_blocks_for
-from ..compress import build_trainer, decompress, run_compression
+from ..budget import Budget
+from ..compress import build_trainer, decompress, index_bits_for, run_compression
 from ..config import CompressConfig
 from ..errors import InvalidInput
 from ..models import create_model, get_model_spec, model_names
 from ..posteriors import LN2, kl_nats
+from ..presets import get_preset as get_schedule
 from ..provenance import provenance
-from ..training import METRICS_NAME, TrainConfig, Trainer, accuracy, evaluate_posterior
-from ..units import parse_budget_bits
-from ..variational import VariationalModel, select_parameters
 from ..randomness import derived_generator
+from ..training import METRICS_NAME, Trainer, accuracy, evaluate_posterior
+from ..variational import VariationalModel
 from .stats import prune_at_random, prune_by_magnitude, prune_by_signal_to_noise, tail_summary
 
 PARAMS = ("mean-var", "mean-kl")
-# The learning rates of runs whose names carry none: the product's defaults when results/study
-# was made. Pinned here so that the product's defaults can move on without renaming runs.
-BASE_LR = {"mean-kl": 3e-2, "mean-var": 1e-3}
 
 
 @dataclass(frozen=True)
 class StudyConfig:
     model: str
     dataset: str
-    budget: str  # the budget of the main comparison
+    budget: str  # the file budget of the main comparison: convergence, tails, pruning
     seeds: int
-    steps: int  # training steps before coding, the same for both
-    eval_every: int  # test accuracy is measured every this many steps (and checkpoints taken)
-    blocks_per_group: int
-    retrain_steps: int
+    schedule: str  # the product's preset that trains and codes every run
+    eval_every: int  # accuracy is measured every this many training steps (and checkpoints taken)
     eps_betas: tuple[float, ...]  # Mean-Var annealing rates tried
-    mean_var_lrs: tuple[float, ...]  # Mean-Var learning rates tried (Mean-KL keeps its default)
-    sweep_budgets: tuple[str, ...]  # further budgets for size against error (seed 0)
-    prune_fractions: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    mean_var_lrs: tuple[float, ...]  # Mean-Var learning rates tried (Mean-KL keeps the product's)
+    other_budgets: tuple[str, ...] = ()  # also run at every seed, for size against error
+    # Options on top of the preset (name, value), e.g. the quick preset's short training.
+    schedule_changes: tuple[tuple[str, object], ...] = ()
+    validation_examples: int = 10_000  # carved from the training data to judge Mean-Var's trials
+    ablation_form: str | None = "bounded-mean"  # Mean-KL's other form: one run, main budget, seed 0
+    prune_fractions: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
     target_fraction: float = 0.99  # convergence target: this fraction of the better final accuracy
     # Mean-Var "within budget": every block <= C_loc + this. Its per-block controller oscillates
     # around the budget; a loose tolerance favours Mean-Var, the side the paper claims is slower.
     budget_tolerance_bits: float = 1.0
-    # The study in results/study ran with the first Mean-KL form; the presets keep it so that
-    # it can be reproduced. (The product's default is "free-mean".)
-    mean_kl_form: str = "bounded-mean"
-    # Mean-Var's trials train without this many training examples and are judged on them, so
-    # that its settings are chosen without the test set; 0: judged on the test set, as
-    # results/study was.
-    validation_examples: int = 0
+
+    @property
+    def budgets(self) -> tuple[str, ...]:
+        return (self.budget, *self.other_budgets)
+
+    def schedule_options(self) -> dict:
+        return {**get_schedule(self.schedule), **dict(self.schedule_changes)}
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))  # tuples become lists, as in the saved file
 
 
 PRESETS = {
-    # Minutes, not hours: the slow integration test's preset. Short schedules, big coding groups.
-    "quick": StudyConfig(model="lenet5", dataset="mnist", budget="1.5KB", seeds=3, steps=600, eval_every=100,
-                         blocks_per_group=125, retrain_steps=10, eps_betas=(1e-2,), mean_var_lrs=(1e-3, 1e-2),
-                         sweep_budgets=("3KB",)),
-    "full": StudyConfig(model="lenet5", dataset="mnist", budget="1.5KB", seeds=3, steps=4000, eval_every=250,
-                        blocks_per_group=25, retrain_steps=50, eps_betas=(1e-3, 3e-3, 1e-2), mean_var_lrs=(1e-3, 1e-2),
-                        sweep_budgets=("1KB", "2KB", "3KB")),
+    # Minutes, not hours: the slow integration test's preset. The demo schedule, much shortened.
+    "quick": StudyConfig(model="lenet5-relu", dataset="mnist", budget="1.52KB", seeds=3, schedule="demo",
+                         eval_every=100, eps_betas=(3e-3,), mean_var_lrs=(1e-3, 1e-2), other_budgets=("3.03KB",),
+                         schedule_changes=(("steps", 600), ("kl_anneal_steps", 200), ("blocks_per_group", 125),
+                                           ("retrain_steps", 10)),
+                         validation_examples=5000, prune_fractions=(0.0, 0.3, 0.6, 0.9)),
+    "full": StudyConfig(model="lenet5-relu", dataset="mnist", budget="1.52KB", seeds=3, schedule="demo",
+                        eval_every=250, eps_betas=(1e-3, 3e-3, 1e-2), mean_var_lrs=(3e-3, 1e-2),
+                        other_budgets=("1KB", "2KB", "3.03KB")),
 }
 
 
@@ -94,19 +98,17 @@ class RunSpec:
     param: str
     budget: str
     seed: int
-    eps_beta: float | None  # Mean-Var only
-    lr: float | None = None  # None: BASE_LR of the parameterisation
-    tuning: bool = False  # trained without the validation examples, evaluated on them, not on the test set
+    eps_beta: float | None = None  # Mean-Var only
+    lr: float | None = None  # None: the product's default for the posterior
+    tuning: bool = False  # trained without the validation examples, judged on them, never the test set
+    form: str | None = None  # Mean-KL only; None: the product's default form
 
     @property
     def name(self) -> str:
+        form = f"-{self.form}" if self.form else ""
         lr = f"_lr{self.lr:g}" if self.lr is not None else ""
         eps = f"_eps{self.eps_beta:g}" if self.eps_beta is not None else ""
-        return f"{self.param}_{self.budget}{lr}{eps}_seed{self.seed}{'_validation' if self.tuning else ''}"
-
-    @property
-    def effective_lr(self) -> float:
-        return self.lr if self.lr is not None else BASE_LR[self.param]
+        return f"{self.param}{form}_{self.budget}{lr}{eps}_seed{self.seed}{'_validation' if self.tuning else ''}"
 
 
 def get_preset(name: str) -> StudyConfig:
@@ -121,14 +123,18 @@ def check_config(config: StudyConfig) -> None:
         raise InvalidInput(f"unknown model {config.model!r}; choose one of {', '.join(model_names())}")
     if config.dataset not in data_module.DATASETS:
         raise InvalidInput(f"unknown dataset {config.dataset!r}; choose one of {', '.join(data_module.DATASETS)}")
-    if config.seeds < 1 or config.steps < 1 or config.eval_every < 1:
-        raise InvalidInput("seeds, steps and eval_every must be at least 1")
+    if config.seeds < 1 or config.eval_every < 1:
+        raise InvalidInput("seeds and eval_every must be at least 1")
+    if config.validation_examples < 1:
+        raise InvalidInput("Mean-Var's trials need a validation split: validation_examples must be at least 1")
+    if config.ablation_form:
+        _compress_config(config, RunSpec("mean-kl", config.budget, 0, form=config.ablation_form))
     model = create_model(config.model)
-    shapes = {n: tuple(p.shape) for n, p in select_parameters(model).items()}
-    for budget in (config.budget, *config.sweep_budgets):
-        # Builds the block layout: a budget too small or too large for the model fails here.
-        BlockLayout(shapes, get_model_spec(config.model).group_sizes,
-                    num_blocks_for(parse_budget_bits(budget), 16), 0, 0)
+    for budget in config.budgets:
+        # The configuration checks the schedule; a budget too small for the model fails here.
+        options = _compress_config(config, RunSpec("mean-kl", budget, 0))
+        index_bits_for(Budget.from_options(budget), model, bits_per_block=options.bits_per_block,
+                       group_sizes=options.hashing(get_model_spec(config.model).group_sizes))
 
 
 def open_study(out: Path, config: StudyConfig, preset: str) -> None:
@@ -173,14 +179,18 @@ def _data(config: StudyConfig, spec: RunSpec, data_dir) -> tuple:
 
 
 def _compress_config(config: StudyConfig, spec: RunSpec) -> CompressConfig:
-    # The study retrains at the end rate of the training schedule, as when it was made.
-    return CompressConfig(
-        index_budget=spec.budget, param=spec.param, mean_kl_form=config.mean_kl_form,
-        **({"eps_beta": spec.eps_beta} if spec.eps_beta is not None else {}),
-        steps=config.steps, lr=spec.effective_lr, checkpoint_every=config.eval_every,
-        blocks_per_group=config.blocks_per_group, retrain_steps=config.retrain_steps,
-        retrain_lr=spec.effective_lr * TrainConfig.final_lr_fraction, seed=spec.seed,
-    )
+    """The run's settings: the product's schedule at a file budget; the study sets only what it
+    compares (the posterior, its form, Mean-Var's rates) and the seed."""
+    return CompressConfig.from_options(
+        config.schedule, **{**dict(config.schedule_changes), "budget": spec.budget, "param": spec.param,
+                            "seed": spec.seed, "checkpoint_every": config.eval_every,
+                            **({"lr": spec.lr} if spec.lr is not None else {}),
+                            **({"eps_beta": spec.eps_beta} if spec.eps_beta is not None else {}),
+                            **({"mean_kl_form": spec.form} if spec.form is not None else {})})
+
+
+def effective_lr(config: StudyConfig, spec: RunSpec) -> float:
+    return _compress_config(config, spec).training().learning_rate(spec.param, 0)
 
 
 def _trainer(config: StudyConfig, spec: RunSpec, run_dir: Path, data_dir) -> Trainer:
@@ -296,6 +306,7 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
             "final": evaluate_posterior(trainer.vmodel, test, spec.seed),
             "step_ms": round(trainer.step_ms(), 2), "train_seconds": round(trainer.seconds, 2),
             "tails": _posterior_tails(trainer.vmodel), "kl": trainer.vmodel.kl_summary(),
+            "evaluated_on": "validation" if spec.tuning else "test",
         }
         files.write_json(trained_path, trained, indent=1)
     start = time.perf_counter()
@@ -353,8 +364,7 @@ def _done_line(spec: RunSpec, result: dict) -> str:
 
 def choose_mean_var(trials: dict[RunSpec, dict]) -> RunSpec:
     """The Mean-Var trial (learning rate and annealing rate) whose seed-0 file decodes to the
-    best accuracy (on the validation split, or for a study without one the test set): the
-    end-to-end criterion. (Choosing by the budget alone picks collapsed
+    best accuracy on the validation split: the end-to-end criterion. (Choosing by the budget alone picks collapsed
     runs: a rate fast enough to meet the budget in a short schedule can drive the network to
     chance.)"""
     return max(trials, key=lambda spec: trials[spec]["decoded_test_accuracy"])
@@ -369,28 +379,26 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
     _split(config.dataset, "train", data_dir)  # a missing dataset fails before any work
     open_study(out, config, preset)
     started = time.perf_counter()
-    seeds = range(config.seeds)
-    default_lr = BASE_LR["mean-var"]
-    tuning = config.validation_examples > 0
-    trials = [RunSpec("mean-var", config.budget, 0, eps, None if lr == default_lr else lr, tuning=tuning)
+    every_run = [(budget, seed) for budget in config.budgets for seed in range(config.seeds)]
+    trials = [RunSpec("mean-var", config.budget, 0, eps, lr, tuning=True)
               for lr in config.mean_var_lrs for eps in config.eps_betas]
-    mean_kl = [RunSpec("mean-kl", config.budget, seed, None) for seed in seeds]
-    mean_kl += [RunSpec("mean-kl", budget, 0, None) for budget in config.sweep_budgets]
-    log(f"study {preset}: {len(trials)} Mean-Var trials (learning and annealing rates) and {len(mean_kl)} Mean-KL runs")
+    mean_kl = [RunSpec("mean-kl", budget, seed) for budget, seed in every_run]
+    if config.ablation_form:
+        mean_kl.append(RunSpec("mean-kl", config.budget, 0, form=config.ablation_form))
+    log(f"study {preset}: {len(trials)} Mean-Var trials (learning and annealing rates, judged on a validation "
+        f"split) and {len(mean_kl)} Mean-KL runs")
     first = _run_all(config, trials + mean_kl, out, data_dir, jobs, log)
     chosen = choose_mean_var({t: first[t] for t in trials})
-    log(f"Mean-Var setting chosen: learning rate {chosen.effective_lr:g}, annealing rate {chosen.eps_beta:g}")
-    # Trials judged on the test set double as the comparison's seed-0 run; validation trials do not.
-    mean_var = [replace(chosen, seed=seed, tuning=False) for seed in seeds if tuning or seed != 0]
-    mean_var += [replace(chosen, budget=budget, tuning=False) for budget in config.sweep_budgets]
-    second = _run_all(config, mean_var, out, data_dir, jobs, log)
-    runs = {**first, **second}
+    log(f"Mean-Var setting chosen: learning rate {chosen.lr:g}, annealing rate {chosen.eps_beta:g}")
+    mean_var = [replace(chosen, budget=budget, seed=seed, tuning=False) for budget, seed in every_run]
+    runs = {**first, **_run_all(config, mean_var, out, data_dir, jobs, log)}
     summary = {
-        "preset": preset, "config": config.to_dict(),
-        "mean_var_chosen": {"lr": chosen.effective_lr, "eps_beta": chosen.eps_beta},
-        "lr": {"mean-kl": BASE_LR["mean-kl"], "mean-var": chosen.effective_lr},
-        "annealing_trials": [{"lr": t.effective_lr, "eps_beta": t.eps_beta, **_trial_summary(runs[t])} for t in trials],
-        "runs": {spec.name: {**runs[spec], "spec": {**asdict(spec), "lr": spec.effective_lr}} for spec in runs},
+        "preset": preset, "config": config.to_dict(), "schedule_options": config.schedule_options(),
+        "mean_var_chosen": {"lr": chosen.lr, "eps_beta": chosen.eps_beta},
+        "lr": {"mean-kl": effective_lr(config, RunSpec("mean-kl", config.budget, 0)), "mean-var": chosen.lr},
+        "annealing_trials": [{"lr": t.lr, "eps_beta": t.eps_beta, **_trial_summary(runs[t])} for t in trials],
+        "runs": {spec.name: {**runs[spec], "spec": {**asdict(spec), "lr": effective_lr(config, spec)}}
+                 for spec in runs},
         "seconds_this_invocation": round(time.perf_counter() - started, 1),
         **provenance(),
     }
