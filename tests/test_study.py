@@ -9,7 +9,7 @@ import torch
 from conftest import run_cli
 from miracle.errors import InvalidInput
 from miracle.study import StudyConfig, run_study, write_report
-from miracle.study.figures import FIGURES, write_figures
+from miracle.study.figures import FIGURE_FILES, write_figures
 from miracle.study.runner import RunSpec, _trainer, check_config, choose_mean_var, execute_run, open_study
 from miracle.study.stats import (excess_kurtosis, hill_tail_index, histogram, mean_and_spread,
                                  prune_at_random, prune_by_magnitude, prune_by_signal_to_noise)
@@ -143,7 +143,7 @@ def _fixture_summary():
 
 def test_report_is_built_from_the_json_files_alone(tmp_path):
     write_figures(_fixture_summary(), tmp_path / "json")
-    assert sorted(p.stem for p in (tmp_path / "json").iterdir()) == sorted(FIGURES)
+    assert sorted(p.stem for p in (tmp_path / "json").iterdir()) == sorted(FIGURE_FILES)
     report_dir = tmp_path / "report"
     report = write_report(tmp_path / "json", report_dir)
     text = report.read_text()
@@ -162,6 +162,40 @@ def test_report_is_built_from_the_json_files_alone(tmp_path):
     for png in ("convergence_steps", "convergence_seconds", "annealing", "tails", "pruning", "size_vs_error"):
         assert (report_dir / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"({png}.png)" in text
+
+
+def _verdicts(summary, tmp_path) -> dict:
+    write_figures(summary, tmp_path)
+    claims = json.loads((tmp_path / "verdicts.json").read_text())["claims"]
+    return {c["claim"].split()[1] if c["claim"].startswith("Mean-KL") else c["claim"].split()[0]: c for c in claims}
+
+
+def test_the_verdicts_follow_their_rules_from_the_figures(tmp_path):
+    summary = _fixture_summary()
+    verdicts = _verdicts(summary, tmp_path / "a")
+    assert verdicts["converges"]["verdict"] == "supported"  # Mean-Var needs 200 steps to Mean-KL's 100
+    assert "ratio Mean-Var / Mean-KL 2.00 ± 0.00 by seed" in verdicts["converges"]["numbers"]
+    assert verdicts["predictive"]["verdict"] == "supported"  # equal files: performance kept
+    assert verdicts["heavier"]["verdict"] == "not supported"  # equal kurtosis, equal signal-to-noise pruning
+    assert verdicts["compressed"]["verdict"] == "not supported"  # equal pruning curves: not more robust
+    # Mean-Var's files better at 3.03 KB only, Mean-KL prunes better, its tails heavier.
+    for seed in (0, 1):
+        summary["runs"][f"var{seed}-3.03KB"]["decoded_test_accuracy"] = 0.97
+        summary["runs"][f"kl{seed}-1.52KB"]["pruning"] = [{"fraction": f, "test_accuracy": 0.94 - f / 10}
+                                                          for f in (0.0, 0.5, 0.9)]
+        summary["runs"][f"kl{seed}-1.52KB"]["decoded_tails"] = {**summary["runs"][f"kl{seed}-1.52KB"]["decoded_tails"],
+                                                                "excess_kurtosis": 9.0 + seed}
+        for quantity in ("mu_over_s", "sigma_over_s", "kl_bits"):
+            summary["runs"][f"kl{seed}-1.52KB"]["tails"][quantity] = {
+                **summary["runs"][f"kl{seed}-1.52KB"]["tails"][quantity], "excess_kurtosis": 9.0 + seed}
+    verdicts = _verdicts(summary, tmp_path / "b")
+    assert verdicts["predictive"]["verdict"] == "mixed"
+    assert verdicts["compressed"]["verdict"] == "supported"
+    assert verdicts["heavier"]["verdict"] == "mixed"  # heavier tails, but sigma ranks no better
+    for seed in (0, 1):  # Mean-Var's blocks never within budget: it never converges
+        summary["runs"][f"var{seed}-1.52KB"] = _fixture_run("mean-var", "1.52KB", seed, 1e-2, 100, kl_max=18.0)
+    assert _verdicts(summary, tmp_path / "c")["converges"]["verdict"] == "supported"
+    assert "| Mean-KL converges about twice as fast | **supported** |" in write_report(tmp_path / "c", tmp_path).read_text()
 
 
 def test_mean_var_over_budget_never_reaches_the_target(tmp_path):

@@ -7,6 +7,7 @@
     tails.json          histograms, excess kurtosis and tail index of four quantities
     pruning.json        test accuracy against the fraction of weights pruned
     size_vs_error.json  our files at several budgets, with the published points
+    verdicts.json       the paper's four claims judged from the figures above (verdicts.py)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from .. import files
 from ..published import LENET5_MNIST
 from .stats import mean_and_spread
+from .verdicts import verdicts
 
 PARAMS = ("mean-var", "mean-kl")
 TAIL_QUANTITIES = ("decoded_over_s", "mu_over_s", "sigma_over_s", "kl_bits")
@@ -44,26 +46,40 @@ def _first_step(curve: list[dict], condition) -> dict | None:
     return next((p for p in curve if condition(p)), None)
 
 
+def _ratios(variants: dict, key: str) -> dict | None:
+    """Mean-Var / Mean-KL of ``key``, seed by seed where both got there, with the spread."""
+    pairs = [(v[key], k[key]) for v, k in zip(variants["mean-var"]["seeds"], variants["mean-kl"]["seeds"])
+             if v[key] is not None and k[key] is not None and k[key] > 0]
+    return mean_and_spread([v / k for v, k in pairs]) if pairs else None
+
+
 def convergence(summary: dict) -> dict:
     config = summary["config"]
     budget_limit = 16 + config["budget_tolerance_bits"]
-    finals = {p: mean_and_spread([r["curve"][-1]["test_accuracy_sample"] for r in _main_runs(summary, p)])["mean"]
-              for p in PARAMS}
+    runs = {p: _main_runs(summary, p) for p in PARAMS}
+    finals = {p: mean_and_spread([r["curve"][-1]["test_accuracy_sample"] for r in runs[p]])["mean"] for p in PARAMS}
     target = config["target_fraction"] * max(finals.values())
+    # The objective both variants reach: the worse of their final values.
+    target_objective = max(mean_and_spread([r["objective"][-1]["negative_elbo"] for r in runs[p]])["mean"]
+                           for p in PARAMS)
     variants = {}
     for param in PARAMS:
         seeds = []
-        for run in _main_runs(summary, param):
+        for run in runs[param]:
             curve = run["curve"]
-            within = (lambda p: p["kl_bits_per_block_max"] <= budget_limit)
+            kl_at = {p["step"]: p["kl_bits_per_block_max"] for p in curve}
+            within = (lambda p: kl_at.get(p["step"], float("inf")) <= budget_limit)
             budget_met = _first_step(curve, within)
             reached = _first_step(curve, lambda p: p["test_accuracy_sample"] >= target and within(p))
+            objective = _first_step(run["objective"], lambda p: p["negative_elbo"] <= target_objective and within(p))
             seeds.append({
                 "seed": run["spec"]["seed"], "lr": run["spec"]["lr"], "eps_beta": run["spec"]["eps_beta"],
                 "curve": curve,
                 "objective": run["objective"],
                 "steps_to_target": reached["step"] if reached else None,
                 "seconds_to_target": reached["seconds"] if reached else None,
+                "steps_to_objective": objective["step"] if objective else None,
+                "seconds_to_objective": objective["seconds"] if objective else None,
                 "budget_met_step": budget_met["step"] if budget_met else None,
                 "step_ms": run["step_ms"],
             })
@@ -73,6 +89,7 @@ def convergence(summary: dict) -> dict:
             "seeds": seeds,
             "final_sample_accuracy": finals[param],
             "seeds_reaching_target": len(reached_steps),
+            "seeds_reaching_objective": sum(s["steps_to_objective"] is not None for s in seeds),
             "steps_to_target": mean_and_spread(reached_steps) if reached_steps else None,
             "seconds_to_target": mean_and_spread(reached_seconds) if reached_seconds else None,
         }
@@ -83,12 +100,16 @@ def convergence(summary: dict) -> dict:
                          / variants["mean-kl"]["seconds_to_target"]["mean"])
     return {
         "target_fraction": config["target_fraction"], "target_accuracy": target,
+        "target_negative_elbo": target_objective,
         "budget_tolerance_bits": config["budget_tolerance_bits"], "steps": summary["schedule_options"]["steps"],
         "variants": variants, "ratio_steps_mean_var_over_mean_kl": ratio,
         "ratio_seconds_mean_var_over_mean_kl": ratio_seconds,
-        "note": "steps to target: first measurement with posterior-sample test accuracy >= target and, "
-                "for Mean-Var, every block's KL within bits_per_block + tolerance; runs that never get "
-                "there are counted in seeds_reaching_target, not in the mean",
+        "ratio_by_seed": {key: _ratios(variants, key) for key in
+                          ("steps_to_target", "seconds_to_target", "steps_to_objective", "seconds_to_objective")},
+        "note": "steps to target: first measurement with posterior-sample test accuracy >= target (or, for the "
+                "objective, the negative ELBO averaged over the window <= the worse of the two final values) and, "
+                "for Mean-Var, every block's KL within bits_per_block + tolerance; runs that never get there are "
+                "counted in seeds_reaching_target, not in the mean; ratios by seed pair seed i with seed i",
     }
 
 
@@ -194,10 +215,16 @@ FIGURES = {"convergence": convergence, "annealing": annealing, "compression": co
            "tails": tails, "pruning": pruning, "size_vs_error": size_vs_error}
 
 
+# Every JSON file of a study: the figures, and the verdicts drawn from them.
+FIGURE_FILES = (*FIGURES, "verdicts")
+
+
 def write_figures(summary: dict, json_dir: Path) -> None:
     json_dir.mkdir(parents=True, exist_ok=True)
     provenance = {k: summary[k] for k in ("command", "git_commit", "date", "machine") if k in summary}
     context = {"preset": summary["preset"], "config": summary["config"],
                "schedule_options": summary["schedule_options"], **provenance}
-    for name, make in FIGURES.items():
-        files.write_json(json_dir / f"{name}.json", {**context, **make(summary)}, indent=1)
+    made = {name: {**context, **make(summary)} for name, make in FIGURES.items()}
+    made["verdicts"] = {**context, **verdicts(made)}
+    for name, figure in made.items():
+        files.write_json(json_dir / f"{name}.json", figure, indent=1)

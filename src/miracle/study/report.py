@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from .. import files
-from .figures import FIGURES, PARAMS, TAIL_QUANTITIES
+from .figures import FIGURE_FILES, PARAMS, TAIL_QUANTITIES
 
 COLOURS = {"mean-var": "tab:orange", "mean-kl": "tab:blue"}
 LABELS = {"mean-var": "Mean-Var", "mean-kl": "Mean-KL"}
@@ -15,10 +15,10 @@ TAIL_TITLES = {"decoded_over_s": "decoded weight / s", "mu_over_s": "posterior m
 
 
 def load_figures(json_dir: Path) -> dict:
-    missing = [name for name in FIGURES if not (json_dir / f"{name}.json").exists()]
+    missing = [name for name in FIGURE_FILES if not (json_dir / f"{name}.json").exists()]
     if missing:
         raise FileNotFoundError(f"{json_dir} lacks {', '.join(m + '.json' for m in missing)}; run the study first")
-    return {name: json.loads((json_dir / f"{name}.json").read_text()) for name in FIGURES}
+    return {name: json.loads((json_dir / f"{name}.json").read_text()) for name in FIGURE_FILES}
 
 
 def _pyplot():
@@ -183,6 +183,16 @@ def write_markdown(figs: dict, out: Path) -> None:
         f"`{config['schedule']}` schedule: " + ", ".join(f"`{k}` {v}" for k, v in schedule.items()) + ".",
         f"Command: `{conv.get('command', '?')}`, commit `{conv.get('git_commit', '?')}`, {conv.get('date', '?')}, "
         f"{conv.get('machine', '?')}. Values are mean ± standard deviation over seeds.",
+        "",
+        "## The four claims",
+        "",
+        "| claim | verdict | numbers |",
+        "|---|---|---|",
+        *[f"| {c['claim']} | **{c['verdict']}** | {c['numbers']} |" for c in figs["verdicts"]["claims"]],
+        "",
+        "The rules, fixed before the runs:",
+        "",
+        *[f"> {line}" if line.strip() else ">" for line in figs["verdicts"]["rules"].strip().splitlines()],
         "",
         "## 1. Convergence",
         "",
