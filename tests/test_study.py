@@ -8,7 +8,7 @@ import torch
 
 from conftest import run_cli
 from miracle.errors import InvalidInput
-from miracle.study import StudyConfig, run_study, write_report
+from miracle.study import StudyConfig, get_preset, part_name, run_study, write_report
 from miracle.study.figures import FIGURE_FILES, write_figures
 from miracle.study.runner import RunSpec, _trainer, check_config, choose_mean_var, execute_run, open_study
 from miracle.study.stats import (excess_kurtosis, hill_tail_index, histogram, mean_and_spread,
@@ -222,6 +222,20 @@ def test_unknown_preset_is_a_clear_error(tmp_path):
     assert "Traceback" not in out.stderr and not (tmp_path / "s").exists()
 
 
+def test_an_unknown_part_is_a_clear_error(tmp_path):
+    out = run_cli("study", "--preset", "full", "--part", "resnet-cifar", "--out", str(tmp_path / "s"))
+    assert out.returncode == 2 and "no part resnet-cifar" in out.stderr and "lenet300-mnist" in out.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_full_preset_has_the_three_parts_on_the_shipped_schedule():
+    parts = get_preset("full")
+    assert [part_name(p) for p in parts] == ["lenet5-relu-mnist", "lenet5-relu-fashion-mnist", "lenet300-mnist"]
+    assert {p.schedule for p in parts} == {"demo"} and all(not p.schedule_changes for p in parts)
+    assert parts[0].budgets == ("1.52KB", "1KB", "2KB", "3.03KB") and parts[2].budgets == ("1.52KB",)
+    assert all(p.seeds >= 3 and p.validation_examples > 0 for p in parts)
+
+
 def test_budget_too_small_is_a_clear_error(tmp_path):
     out = run_cli("study", "--preset", "quick", "--budget", "8bits", "--out", str(tmp_path / "s"))
     assert out.returncode == 2 and "budget" in out.stderr and "Traceback" not in out.stderr
@@ -343,8 +357,10 @@ def test_quick_preset_end_to_end(tmp_path, mnist_root):
                   env={"MIRACLE_DATA": str(mnist_root)}, timeout=900)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    text = (tmp_path / "q" / "report.md").read_text()
-    assert summary["report"].endswith("report.md") and "## 5. Size against error" in text
-    compression = json.loads((tmp_path / "q" / "json" / "compression.json").read_text())
+    part = tmp_path / "q" / "lenet5-relu-mnist"
+    assert "## 5. Size against error" in (part / "report.md").read_text()
+    index = (tmp_path / "q" / "report.md").read_text()
+    assert summary["report"] == str(tmp_path / "q" / "report.md") and "[Full report](lenet5-relu-mnist/report.md)" in index
+    compression = json.loads((part / "json" / "compression.json").read_text())
     for variant in compression["variants"].values():
         assert variant["size_bytes"]["max"] <= 1600 and len(variant["seeds"]) == 3

@@ -325,20 +325,32 @@ def cmd_data_fetch(args) -> dict:
 
 
 def cmd_study(args) -> dict:
-    from .study import get_preset, run_study, write_report
+    from .study import check_config, get_preset, open_preset, part_name, run_study, write_index, write_report
 
-    config = get_preset(args.preset)
-    overrides = {k: v for k, v in (("budget", args.budget), ("seeds", args.seeds), ("dataset", args.dataset))
-                 if v is not None}
-    config = dataclasses.replace(config, **overrides)
+    overrides = {k: v for k, v in (("budget", args.budget), ("seeds", args.seeds)) if v is not None}
+    parts = tuple(dataclasses.replace(part, **overrides) for part in get_preset(args.preset))
+    names = [part_name(part) for part in parts]
+    unknown = set(args.part or ()) - set(names)
+    if unknown:
+        raise InvalidInput(f"preset {args.preset} has no part {', '.join(sorted(unknown))}; its parts: {', '.join(names)}")
     if args.jobs < 1:
-        raise MiracleError("--jobs must be at least 1")
+        raise InvalidInput("--jobs must be at least 1")
+    for part in parts:  # every error the settings can cause, before the folder is touched
+        check_config(part)
     out = Path(args.out)
     log = (lambda msg: None) if args.json else print
-    summary = run_study(config, out, args.preset, args.data_dir, args.jobs, log)
-    report = write_report(out / "json", out)
-    return {"report": str(report), "json": str(out / "json"), "mean_var_chosen": summary["mean_var_chosen"],
-            "seconds_this_invocation": summary["seconds_this_invocation"]}
+    open_preset(out, args.preset, parts)
+    done, seconds = {}, 0.0
+    for part, name in zip(parts, names):
+        if args.part and name not in args.part:
+            continue
+        summary = run_study(part, out / name, args.preset, args.data_dir, args.jobs, log)
+        write_report(out / name / "json", out / name)
+        done[name] = {"mean_var_chosen": summary["mean_var_chosen"]}
+        seconds += summary["seconds_this_invocation"]
+    finished = [out / name for name in names if (out / name / "json" / "verdicts.json").exists()]
+    report = write_index(out, args.preset, finished)
+    return {"report": str(report), "parts": done, "seconds_this_invocation": round(seconds, 1)}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -399,12 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=cmd_inspect, printer=print_inspect)
 
     study = sub.add_parser("study", help="Mean-KL against Mean-Var: runs, figures as JSON, report.md")
-    study.add_argument("--preset", required=True, help="quick (minutes) or full (LeNet-5 on MNIST with the demo schedule, hours)")
+    study.add_argument("--preset", required=True, help="quick (minutes) or full (LeNet-5 on MNIST and Fashion-MNIST, LeNet-300-100 on MNIST; hours)")
     study.add_argument("--out", required=True, help="study folder; the same command again resumes it")
-    study.add_argument("--budget", default=None, help="budget of the main comparison (default: the preset's)")
+    study.add_argument("--budget", default=None, help="file budget of every part's main comparison (default: the preset's)")
     study.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
-    study.add_argument("--dataset", default=None, choices=tuple(data_module.DATASETS),
-                       help="dataset (default: the preset's)")
+    study.add_argument("--part", action="append", metavar="MODEL-DATASET",
+                       help="run only this part of the preset (repeat for several; default: all)")
     study.add_argument("--jobs", type=int, default=1, help="runs in parallel, one thread each (default 1)")
     _data_dir_option(study)
     study.add_argument("--json", action="store_true")

@@ -290,3 +290,19 @@ def write_report(json_dir: Path, out: Path) -> Path:
     plot_size_vs_error(figs["size_vs_error"], out / "size_vs_error.png")
     write_markdown(figs, out)
     return out / "report.md"
+
+
+def write_index(out: Path, preset: str, part_dirs: list[Path]) -> Path:
+    """``out/report.md``: every part's verdicts, each linked to the part's full report."""
+    lines = [f"# Mean-KL against Mean-Var: study `{preset}`", "",
+             "Each part is one model on one dataset, with its own report, plots and JSON.", ""]
+    for part in part_dirs:
+        figs = load_figures(part / "json")
+        config = figs["verdicts"]["config"]
+        lines += [f"## {config['model']} on {config['dataset']}", "",
+                  f"[Full report]({part.name}/report.md): files of at most "
+                  f"{', '.join([config['budget'], *config['other_budgets']])}, {config['seeds']} seeds.", "",
+                  "| claim | verdict | numbers |", "|---|---|---|",
+                  *[f"| {c['claim']} | **{c['verdict']}** | {c['numbers']} |" for c in figs["verdicts"]["claims"]], ""]
+    files.write_text(out / "report.md", "\n".join(lines))
+    return out / "report.md"

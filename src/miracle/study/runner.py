@@ -79,16 +79,23 @@ class StudyConfig:
         return json.loads(json.dumps(asdict(self)))  # tuples become lists, as in the saved file
 
 
-PRESETS = {
+def part_name(config: StudyConfig) -> str:
+    return f"{config.model}-{config.dataset}"
+
+
+_LENET5_MNIST = StudyConfig(model="lenet5-relu", dataset="mnist", budget="1.52KB", seeds=3, schedule="demo",
+                            eval_every=250, eps_betas=(1e-3, 3e-3, 1e-2), mean_var_lrs=(3e-3, 1e-2),
+                            other_budgets=("1KB", "2KB", "3.03KB"))
+# A preset is one or more parts: a model on a dataset each, in its own folder of the study.
+PRESETS: dict[str, tuple[StudyConfig, ...]] = {
     # Minutes, not hours: the slow integration test's preset. The demo schedule, much shortened.
-    "quick": StudyConfig(model="lenet5-relu", dataset="mnist", budget="1.52KB", seeds=3, schedule="demo",
-                         eval_every=100, eps_betas=(3e-3,), mean_var_lrs=(1e-3, 1e-2), other_budgets=("3.03KB",),
-                         schedule_changes=(("steps", 600), ("kl_anneal_steps", 200), ("blocks_per_group", 125),
-                                           ("retrain_steps", 10)),
-                         validation_examples=5000, prune_fractions=(0.0, 0.3, 0.6, 0.9)),
-    "full": StudyConfig(model="lenet5-relu", dataset="mnist", budget="1.52KB", seeds=3, schedule="demo",
-                        eval_every=250, eps_betas=(1e-3, 3e-3, 1e-2), mean_var_lrs=(3e-3, 1e-2),
-                        other_budgets=("1KB", "2KB", "3.03KB")),
+    "quick": (StudyConfig(model="lenet5-relu", dataset="mnist", budget="1.52KB", seeds=3, schedule="demo",
+                          eval_every=100, eps_betas=(3e-3,), mean_var_lrs=(1e-3, 1e-2),
+                          schedule_changes=(("steps", 600), ("kl_anneal_steps", 200), ("blocks_per_group", 125),
+                                            ("retrain_steps", 10)),
+                          validation_examples=5000, prune_fractions=(0.0, 0.3, 0.6, 0.9)),),
+    "full": (_LENET5_MNIST, replace(_LENET5_MNIST, dataset="fashion-mnist"),
+             replace(_LENET5_MNIST, model="lenet300", other_budgets=())),
 }
 
 
@@ -110,7 +117,7 @@ class RunSpec:
         return f"{self.param}{form}_{self.budget}{lr}{eps}_seed{self.seed}{'_validation' if self.tuning else ''}"
 
 
-def get_preset(name: str) -> StudyConfig:
+def get_preset(name: str) -> tuple[StudyConfig, ...]:
     if name not in PRESETS:
         raise InvalidInput(f"unknown study preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
@@ -134,6 +141,23 @@ def check_config(config: StudyConfig) -> None:
         options = _compress_config(config, RunSpec("mean-kl", budget, 0))
         index_bits_for(Budget.from_options(budget), model, bits_per_block=options.bits_per_block,
                        group_sizes=options.hashing(get_model_spec(config.model).group_sizes))
+
+
+def open_preset(out: Path, preset: str, parts: tuple[StudyConfig, ...]) -> None:
+    """Create ``out`` for a preset's parts (one folder each), or check that it holds this very
+    preset; each part's folder is then checked by :func:`open_study`."""
+    identity = {"preset": preset, "parts": [part_name(p) for p in parts]}
+    settings = out / "preset.json"
+    if settings.exists() or (out / "study.json").exists():
+        saved = json.loads(settings.read_text()) if settings.exists() else {}
+        if {k: saved.get(k) for k in identity} != identity:
+            raise InvalidInput(f"{out} holds a different study; choose another output directory, or delete it to "
+                               "start over")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise InvalidInput(f"{out} is not empty and holds no study; choose an empty or new output directory")
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_json(settings, {**identity, **provenance()})
 
 
 def open_study(out: Path, config: StudyConfig, preset: str) -> None:
@@ -352,4 +376,5 @@ def _trial_summary(run: dict) -> dict:
             "train_seconds": run["train_seconds"], "decoded_test_accuracy": run["decoded_test_accuracy"]}
 
 
-__all__ = ["PRESETS", "StudyConfig", "RunSpec", "get_preset", "run_study", "execute_run", "choose_mean_var"]
+__all__ = ["PRESETS", "StudyConfig", "RunSpec", "get_preset", "open_preset", "part_name", "run_study", "execute_run",
+           "choose_mean_var"]
