@@ -11,7 +11,7 @@ An output directory holds one study::
 
 Every run is trained and coded with a schedule the product ships (a preset of
 ``miracle.presets``), at a budget of the whole file. Mean-Var is tuned first: every pair of
-learning rate and annealing rate is trained with seed 0 on the training data without a
+learning rate and annealing rate is trained with seed 0 on the training data less a
 validation split carved from it, coded, and judged by the decoded file's accuracy on that
 split, so that the test set plays no part in the choice. The chosen pair then runs at every
 budget and seed, as Mean-KL does with the product's defaults; Mean-KL's other form runs once
@@ -329,9 +329,9 @@ def _done_line(spec: RunSpec, result: dict) -> str:
 
 def choose_mean_var(trials: dict[RunSpec, dict]) -> RunSpec:
     """The Mean-Var trial (learning rate and annealing rate) whose seed-0 file decodes to the
-    best accuracy on the validation split: the end-to-end criterion. (Choosing by the budget alone picks collapsed
-    runs: a rate fast enough to meet the budget in a short schedule can drive the network to
-    chance.)"""
+    best accuracy on the validation split: the end-to-end criterion. (Choosing by the budget
+    alone picks collapsed runs: a rate fast enough to meet the budget in a short schedule can
+    drive the network to chance.)"""
     return max(trials, key=lambda spec: trials[spec]["decoded_test_accuracy"])
 
 
