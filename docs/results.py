@@ -37,8 +37,10 @@ HEADLINE = [
 
 
 def result_files() -> list[Path]:
+    """Every result file; a run's work folder (``*.work/``, never committed) is not one."""
     return [p for p in sorted(RESULTS.rglob("*.json"))
-            if not any(p.relative_to(RESULTS).as_posix().startswith(s) for s in SKIPPED)]
+            if not any(p.relative_to(RESULTS).as_posix().startswith(s) for s in SKIPPED)
+            and not any(part.endswith(".work") for part in p.relative_to(RESULTS).parts)]
 
 
 def seeds_of(record: dict) -> str:

@@ -28,6 +28,10 @@ def test_docs_results_md_is_generated_from_every_result_file():
     assert text == results_doc.results_md(), "run python docs/results.py"
     for path in results_doc.result_files():
         assert f"`results/{path.relative_to(results_doc.RESULTS).as_posix()}`" in text
+    # Exactly the committed result files: a run's ignored work folder would make a fresh clone differ.
+    tracked = subprocess.run(["git", "ls-files", "results/*.json"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert {p.relative_to(ROOT).as_posix() for p in results_doc.result_files()} == {
+        name for name in tracked.split() if not name.startswith("results/study/runs/")}
 
 
 def test_a_changed_figure_makes_the_readme_stale(tmp_path, monkeypatch):
