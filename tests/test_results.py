@@ -16,7 +16,10 @@ def _files_with_their_summary():
     for mrc in sorted(RESULTS.rglob("*.mrc")):
         summary = mrc.with_suffix(".json")
         if summary.exists() and "test_error" in json.loads(summary.read_text()):
-            yield pytest.param(mrc, summary, id=str(mrc.relative_to(RESULTS)))
+            # VGG-BN's files take 20 s each to evaluate: the slow suite scores them, and the
+            # default suite pins their decoded weights (test_golden.py).
+            marks = [pytest.mark.slow] if mrc.parent.name == "vgg" else []
+            yield pytest.param(mrc, summary, id=str(mrc.relative_to(RESULTS)), marks=marks)
 
 
 @pytest.mark.parametrize("mrc, summary", list(_files_with_their_summary()))

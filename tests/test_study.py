@@ -261,14 +261,15 @@ def test_check_config_rejects_an_unknown_model():
 
 
 # -- real runs: tiny schedules -----------------------------------------------------------------
-TINY = StudyConfig(model="lenet5-relu", dataset="mnist", budget="1.52KB", seeds=1, schedule="demo", eval_every=4,
+# A small file (about 100 blocks) keeps coding and pruning quick.
+TINY = StudyConfig(model="lenet5-relu", dataset="mnist", budget="300B", seeds=1, schedule="demo", eval_every=4,
                    eps_betas=(1e-2,), mean_var_lrs=(1e-3,), validation_examples=1000, prune_fractions=(0.0, 0.9),
-                   schedule_changes=(("steps", 6), ("kl_anneal_steps", 2), ("blocks_per_group", 375),
+                   schedule_changes=(("steps", 6), ("kl_anneal_steps", 2), ("blocks_per_group", 60),
                                      ("retrain_steps", 2)))
 
 
 def test_a_run_killed_after_training_codes_without_training_again(tmp_path, mnist_root):
-    spec = RunSpec("mean-var", "1.52KB", 0, 1e-2)
+    spec = RunSpec("mean-var", TINY.budget, 0, 1e-2)
     run = execute_run(TINY, spec, tmp_path, str(mnist_root))
     run_dir = tmp_path / "runs" / spec.name
     assert [p["step"] for p in run["curve"]] == [0, 4, 6]  # every 4 steps and at the end
@@ -304,7 +305,7 @@ def test_a_tuning_run_is_trained_and_judged_without_the_test_set(tmp_path, mnist
 
     runner._split.cache_clear()
     monkeypatch.setattr(data, "load", train_only)
-    spec = RunSpec("mean-var", "1.52KB", 0, 1e-2, tuning=True)
+    spec = RunSpec("mean-var", TINY.budget, 0, 1e-2, tuning=True)
     try:
         run = execute_run(config, spec, tmp_path, str(mnist_root))
     finally:
@@ -315,7 +316,7 @@ def test_a_tuning_run_is_trained_and_judged_without_the_test_set(tmp_path, mnist
 
 
 def test_an_interrupted_training_resumes_with_its_curve(tmp_path, mnist_root):
-    spec = RunSpec("mean-kl", "1.52KB", 0)
+    spec = RunSpec("mean-kl", TINY.budget, 0)
     whole = execute_run(TINY, spec, tmp_path / "whole", str(mnist_root))
     # As a run killed during training leaves it: the checkpoint of step 4, the curve up to it.
     part_dir = tmp_path / "part"
