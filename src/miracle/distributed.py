@@ -8,6 +8,8 @@ Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) all of this is a no-
 
 from __future__ import annotations
 
+import datetime
+
 import os
 
 import torch
@@ -73,6 +75,13 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one. Under gloo the ranks first wait for
+    each other (a minute at most): gloo aborts a process whose peer tears the connection down
+    while it still holds it, which a test saw once as a SIGABRT at the end of a run."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "gloo":
+            try:
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+            except RuntimeError:  # a peer that died or never came: leave anyway
+                pass
         dist.destroy_process_group()
