@@ -1,6 +1,7 @@
 """The documentation tells the truth about the code and the result files."""
 
 import importlib.util
+import json
 import re
 import shlex
 import subprocess
@@ -31,7 +32,21 @@ def test_docs_results_md_is_generated_from_every_result_file():
     # Exactly the committed result files: a run's ignored work folder would make a fresh clone differ.
     tracked = subprocess.run(["git", "ls-files", "results/*.json"], cwd=ROOT, capture_output=True, text=True).stdout
     assert {p.relative_to(ROOT).as_posix() for p in results_doc.result_files()} == {
-        name for name in tracked.split() if not name.startswith("results/study/runs/")}
+        name for name in tracked.split() if not results_doc.skipped(Path(name).parts[1:])}
+
+
+def test_the_readme_study_summary_is_the_verdicts_json(tmp_path, monkeypatch):
+    json_dir = tmp_path / "lenet5-relu-mnist" / "json"
+    json_dir.mkdir(parents=True)
+    claim = {"claim": "predictive performance is kept after compression", "verdict": "mixed",
+             "numbers": "1.52KB: Mean-KL 98.90 ± 0.05%, Mean-Var 98.70 ± 0.10%"}
+    (json_dir / "verdicts.json").write_text(json.dumps({"claims": [claim], "rules": "fixture"}))
+    monkeypatch.setattr(results_doc, "STUDY", tmp_path)
+    assert results_doc.study_table().splitlines()[2] == (
+        "| predictive performance is kept after compression | [lenet5-relu-mnist](results/study-full/lenet5-relu-mnist/"
+        "report.md) | **mixed** | 1.52KB: Mean-KL 98.90 ± 0.05%, Mean-Var 98.70 ± 0.10% |")
+    (json_dir / "verdicts.json").write_text(json.dumps({"claims": [{**claim, "verdict": "supported"}]}))
+    assert "**supported**" in results_doc.study_table()
 
 
 def test_a_changed_figure_makes_the_readme_stale(tmp_path, monkeypatch):

@@ -164,6 +164,32 @@ def test_report_is_built_from_the_json_files_alone(tmp_path):
         assert f"({png}.png)" in text
 
 
+def test_baselines_join_the_size_figure_and_report(tmp_path):
+    summary = _fixture_summary()
+    summary["baselines"] = {"model": "lenet5-relu", "dataset": "mnist", "plain_test_error": 0.009, "baselines": {
+        "pruning + NNCodec": {"chosen": [{"size_bytes": 9000, "validation_error": 0.02, "test_error": 0.021},
+                                         {"size_bytes": 20000, "validation_error": 0.01, "test_error": 0.011}],
+                              "trials": []}}}
+    write_figures(summary, tmp_path / "json")
+    size = json.loads((tmp_path / "json" / "size_vs_error.json").read_text())
+    assert size["baselines"] == {"pruning + NNCodec": [{"size_bytes": 9000, "test_error": 0.021},
+                                                       {"size_bytes": 20000, "test_error": 0.011}]}
+    text = write_report(tmp_path / "json", tmp_path / "report").read_text()
+    assert "| pruning + NNCodec (post-training, settings chosen on validation) | | 20000 | 1.10 | |" in text
+    assert "0.90% test error uncompressed" in text
+
+
+def test_baselines_of_another_model_are_refused(tmp_path, mnist_root):
+    out = tmp_path / "study"
+    open_study(out, TINY, "tiny")
+    (out / "baselines.json").write_text(json.dumps({"model": "lenet300", "dataset": "mnist", "baselines": {}}))
+    with pytest.raises(InvalidInput, match="baselines of lenet300 on mnist"):
+        run_study(TINY, out, "tiny", str(mnist_root), log=lambda m: None)
+    (out / "baselines.json").write_text("not json")
+    with pytest.raises(InvalidInput, match="not a baselines file"):
+        run_study(TINY, out, "tiny", str(mnist_root), log=lambda m: None)
+
+
 def _verdicts(summary, tmp_path) -> dict:
     write_figures(summary, tmp_path)
     claims = json.loads((tmp_path / "verdicts.json").read_text())["claims"]

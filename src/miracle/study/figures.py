@@ -206,9 +206,15 @@ def size_vs_error(summary: dict) -> dict:
                          "size_bytes": max(r["size_bytes"] for r in runs),
                          "test_error": mean_and_spread([1 - r["decoded_test_accuracy"] for r in runs])})
     published = LENET5_MNIST if (config["model"], config["dataset"]) in PUBLISHED_FOR else []
+    baselines = summary.get("baselines")
     return {"ours": sorted(ours, key=lambda p: (p["param"], p["size_bytes"])), "published": published,
+            # Post-training baselines of a plainly trained network (benchmarks/baselines.py): each
+            # one's settings on its validation Pareto front, scored on the test set.
+            "baselines": {method: [{"size_bytes": p["size_bytes"], "test_error": p["test_error"]} for p in b["chosen"]]
+                          for method, b in baselines["baselines"].items()} if baselines else {},
+            "baselines_plain_test_error": baselines["plain_test_error"] if baselines else None,
             "note": "our sizes are the bytes of our files (the largest over seeds); MIRACLE's published sizes "
-                    "count the indices only"}
+                    "count the indices only; the baselines' are the bytes of their payloads"}
 
 
 FIGURES = {"convergence": convergence, "annealing": annealing, "compression": compression, "ablation": ablation,

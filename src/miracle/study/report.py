@@ -148,13 +148,24 @@ def plot_size_vs_error(fig_json: dict, out: Path) -> None:
     for p, marker in zip(fig_json["published"], "xs^vD"):
         ax.scatter(p["size_bytes"], 100 * p["test_error"], marker=marker, color="black",
                    label=f"{p['method']} (published)")
+    baselines = fig_json.get("baselines", {})
+    # A baseline's points beyond ten times our worst error would only stretch the error axis.
+    worst = 10 * max(p["test_error"]["mean"] for p in fig_json["ours"])
+    for (method, points), colour in zip(baselines.items(), ("tab:green", "tab:purple", "tab:brown", "tab:gray")):
+        points = [p for p in points if p["test_error"] <= worst]
+        ax.plot([p["size_bytes"] for p in points], [100 * p["test_error"] for p in points], marker=".",
+                linestyle="--", color=colour, label=f"{method} (plain network, post-training)")
+    if fig_json.get("baselines_plain_test_error") is not None:
+        ax.axhline(100 * fig_json["baselines_plain_test_error"], color="gray", linewidth=0.8, linestyle=":",
+                   label="plain network, uncompressed")
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_log(ax.xaxis)
     _plain_log(ax.yaxis)
     sizes = [p["size_bytes"] for p in fig_json["ours"] + fig_json["published"]]
-    ax.set_xticks([t for t in (1000, 1500, 2000, 3000, 5000, 10000, 20000, 50000)
-                   if min(sizes) / 1.5 <= t <= max(sizes) * 1.5])
+    sizes += [p["size_bytes"] for points in baselines.values() for p in points if p["test_error"] <= worst]
+    ax.set_xticks([t for t in (1000, 1500, 2000, 3000, 5000, 10_000, 20_000, 50_000, 100_000, 300_000, 1_000_000,
+                               3_000_000) if min(sizes) / 1.5 <= t <= max(sizes) * 1.5])
     ax.set(xlabel="size (bytes, log scale)", ylabel="test error (%, log scale)", title="Size against error")
     _save(fig, [ax], out, legend_fontsize=8)
 
@@ -275,6 +286,12 @@ def write_markdown(figs: dict, out: Path) -> None:
                      f"{', '.join(map(str, p['seeds']))} |")
     for p in size["published"]:
         lines.append(f"| {p['method']} (published) | | {p['size_bytes']} | {100 * p['test_error']:.2f} | |")
+    for method, points in size.get("baselines", {}).items():
+        lines += [f"| {method} (post-training, settings chosen on validation) | | {p['size_bytes']} | "
+                  f"{100 * p['test_error']:.2f} | |" for p in points]
+    if size.get("baselines_plain_test_error") is not None:
+        lines += ["", f"The plainly trained network the baselines start from: {100 * size['baselines_plain_test_error']:.2f}% "
+                  "test error uncompressed (`benchmarks/baselines.py`, recorded in `baselines.json`)."]
     files.write_text(out / "report.md", "\n".join(lines) + "\n")
 
 

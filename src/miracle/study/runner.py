@@ -8,6 +8,8 @@ An output directory holds one study::
                                curve.json (accuracy during training), model.mrc,
                                trained.json (the posterior before coding), run.json (done)
     OUT/json/*.json            the figures, computed from the run files (see figures.py)
+    OUT/baselines.json         optional: post-training baselines of a plainly trained network,
+                               written by benchmarks/baselines.py; they join the size figure
 
 Every run is trained and coded with a schedule the product ships (a preset of
 ``miracle.presets``), at a budget of the whole file. Mean-Var is tuned first: every pair of
@@ -296,6 +298,24 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
     return run
 
 
+BASELINES_FILE = "baselines.json"
+
+
+def _baselines(out: Path, config: StudyConfig) -> dict | None:
+    path = out / BASELINES_FILE
+    if not path.exists():
+        return None
+    try:
+        baselines = json.loads(path.read_text())
+        subject = (baselines["model"], baselines["dataset"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidInput(f"{path} is not a baselines file of benchmarks/baselines.py; rewrite or remove it") from None
+    if subject != (config.model, config.dataset):
+        raise InvalidInput(f"{path} holds baselines of {subject[0]} on {subject[1]}, not of this study's "
+                           f"{config.model} on {config.dataset}; move it to that study's folder")
+    return baselines
+
+
 # -- the whole study ----------------------------------------------------------------------------
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
@@ -343,6 +363,7 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
     check_config(config)
     _split(config.dataset, "train", data_dir)  # a missing dataset fails before any work
     open_study(out, config, preset)
+    baselines = _baselines(out, config)
     started = time.perf_counter()
     every_run = [(budget, seed) for budget in config.budgets for seed in range(config.seeds)]
     trials = [RunSpec("mean-var", config.budget, 0, eps, lr, tuning=True)
@@ -364,6 +385,7 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
         "annealing_trials": [{"lr": t.lr, "eps_beta": t.eps_beta, **_trial_summary(runs[t])} for t in trials],
         "runs": {spec.name: {**runs[spec], "spec": {**asdict(spec), "lr": effective_lr(config, spec)}}
                  for spec in runs},
+        "baselines": baselines,
         "seconds_this_invocation": round(time.perf_counter() - started, 1),
         **provenance(),
     }
