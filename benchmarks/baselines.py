@@ -95,14 +95,47 @@ def load_nncodec():
         print(f"installing {NNCODEC} without its dependencies (builds a C++ extension, a few minutes)",
               file=sys.stderr)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", NNCODEC], check=True)
-    # Imported by nncodec's package but used only by its training and dataset code.
-    for name in ("torchvision", "torchvision.transforms", "torchvision.datasets", "torchvision.models", "cv2",
-                 "h5py", "ptflops", "torchmetrics", "sklearn", "sklearn.cluster", "pandas"):
+    # Imported by nncodec's package (some at module level, as in ``transforms.Compose([...])``)
+    # but used only by its training and dataset code: stand-ins that accept anything.
+    for name in UNUSED_BY_CODING:
         try:
             importlib.import_module(name)
         except ImportError:
-            sys.modules[name] = types.ModuleType(name)
+            sys.modules[name] = _StandInModule(name)
     return importlib.import_module("nncodec.nn")
+
+
+UNUSED_BY_CODING = ("torchvision", "torchvision.transforms", "torchvision.datasets", "torchvision.models", "cv2",
+                    "h5py", "pandas", "torchmetrics", "sklearn", "sklearn.metrics", "ptflops")
+
+
+class _StandInType(type):
+    def __getattr__(cls, name):
+        return _stand_in(name)
+
+
+class _StandIn(metaclass=_StandInType):
+    """Any attribute, any call, any subclass: what an unused import's module-level use needs."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _StandIn()
+
+    def __getattr__(self, name):
+        return _stand_in(name)
+
+
+def _stand_in(name: str) -> type:
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return _StandInType(name, (_StandIn,), {})
+
+
+class _StandInModule(types.ModuleType):
+    def __getattr__(self, name):
+        return _stand_in(name)
 
 
 def nncodec_coded(nn_module, state: dict[str, torch.Tensor], qp: int, workdir: str) -> tuple[dict, int]:

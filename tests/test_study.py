@@ -115,6 +115,7 @@ def _fixture_run(param, budget, seed, eps, reach_step, kl_max=16.0, tuning=False
            "train_seconds": 40.0, "kl": {"kl_bits_per_block_max": kl_max},
            "tails": {q: tail for q in ("mu_over_s", "sigma_over_s", "kl_bits")}}
     run.update(size_bytes=1520 if budget == "1.52KB" else 3030, decoded_test_accuracy=0.94 - (0.01 if form else 0),
+               coding_seconds=20.0,
                decoded_tails=tail,
                pruning=[{"fraction": f, "test_accuracy": 0.94 - f / 2} for f in (0.0, 0.5, 0.9)],
                pruning_signal_to_noise=[{"fraction": f, "test_accuracy": 0.94 - f / 4} for f in (0.0, 0.5, 0.9)],
@@ -159,6 +160,10 @@ def test_report_is_built_from_the_json_files_alone(tmp_path):
     # pruning at 50%, Mean-Var then Mean-KL: magnitude 0.94 - 0.5 / 2, signal-to-noise 0.94 - 0.5 / 4, random 0.94 - 0.5
     assert "| 50 | 69.00 ± 0.00 | 81.50 ± 0.00 | 44.00 ± 0.00 | 69.00 ± 0.00 | 81.50 ± 0.00 | 44.00 ± 0.00 |" in text
     assert "| MIRACLE, highest compression (published) | | 1520 | 0.96 | |" in text
+    cost = json.loads((tmp_path / "json" / "cost.json").read_text())  # 11 runs of 40 s training, 20 s coding
+    assert cost["process_seconds_by_kind"] == {"Mean-KL": 240.0, "Mean-Var": 240.0, "Mean-Var trials": 120.0,
+                                               "Mean-KL ablation": 60.0}
+    assert "11 runs, 0.2 hours" in text
     for png in ("convergence_steps", "convergence_seconds", "annealing", "tails", "pruning", "size_vs_error"):
         assert (report_dir / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"({png}.png)" in text

@@ -7,6 +7,7 @@
     tails.json          histograms, excess kurtosis and tail index of four quantities
     pruning.json        test accuracy against the fraction of weights pruned
     size_vs_error.json  our files at several budgets, with the published points
+    cost.json           the seconds the runs took
     verdicts.json       the paper's four claims judged from the figures above (verdicts.py)
 """
 
@@ -20,6 +21,7 @@ from .stats import mean_and_spread
 from .verdicts import verdicts
 
 PARAMS = ("mean-var", "mean-kl")
+LABELS_BY_PARAM = {"mean-var": "Mean-Var", "mean-kl": "Mean-KL"}
 TAIL_QUANTITIES = ("decoded_over_s", "mu_over_s", "sigma_over_s", "kl_bits")
 # The published LeNet-5 points belong next to either of our LeNet-5s on MNIST.
 PUBLISHED_FOR = {("lenet5", "mnist"), ("lenet5-relu", "mnist")}
@@ -217,8 +219,24 @@ def size_vs_error(summary: dict) -> dict:
                     "count the indices only; the baselines' are the bytes of their payloads"}
 
 
+def cost(summary: dict) -> dict:
+    """What the runs cost: training and coding seconds, each run in its own one-thread process."""
+    def kind(spec: dict) -> str:
+        return ("Mean-Var trials" if spec.get("tuning") else "Mean-KL ablation" if spec.get("form")
+                else LABELS_BY_PARAM[spec["param"]])
+
+    seconds: dict[str, float] = {}
+    for run in summary["runs"].values():
+        k = kind(run["spec"])
+        seconds[k] = seconds.get(k, 0.0) + run["train_seconds"] + run["coding_seconds"]
+    return {"runs": len(summary["runs"]), "process_seconds": round(sum(seconds.values()), 1),
+            "process_seconds_by_kind": {k: round(v, 1) for k, v in seconds.items()},
+            "note": "seconds of training and coding summed over runs, one thread each; run two at a time "
+                    "(--jobs 2) on two cores, the wall time is about half"}
+
+
 FIGURES = {"convergence": convergence, "annealing": annealing, "compression": compression, "ablation": ablation,
-           "tails": tails, "pruning": pruning, "size_vs_error": size_vs_error}
+           "tails": tails, "pruning": pruning, "size_vs_error": size_vs_error, "cost": cost}
 
 
 # Every JSON file of a study: the figures, and the verdicts drawn from them.

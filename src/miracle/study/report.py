@@ -292,6 +292,10 @@ def write_markdown(figs: dict, out: Path) -> None:
     if size.get("baselines_plain_test_error") is not None:
         lines += ["", f"The plainly trained network the baselines start from: {100 * size['baselines_plain_test_error']:.2f}% "
                   "test error uncompressed (`benchmarks/baselines.py`, recorded in `baselines.json`)."]
+    cost = figs["cost"]
+    lines += ["", "## 6. Cost", "", f"{cost['runs']} runs, {cost['process_seconds'] / 3600:.1f} hours: {cost['note']}.", "",
+              "| runs of | hours |", "|---|---|",
+              *[f"| {kind} | {seconds / 3600:.2f} |" for kind, seconds in cost["process_seconds_by_kind"].items()]]
     files.write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
@@ -313,13 +317,18 @@ def write_index(out: Path, preset: str, part_dirs: list[Path]) -> Path:
     """``out/report.md``: every part's verdicts, each linked to the part's full report."""
     lines = [f"# Mean-KL against Mean-Var: study `{preset}`", "",
              "Each part is one model on one dataset, with its own report, plots and JSON.", ""]
+    hours = 0.0
     for part in part_dirs:
         figs = load_figures(part / "json")
         config = figs["verdicts"]["config"]
+        hours += figs["cost"]["process_seconds"] / 3600
         lines += [f"## {config['model']} on {config['dataset']}", "",
                   f"[Full report]({part.name}/report.md): files of at most "
-                  f"{', '.join([config['budget'], *config['other_budgets']])}, {config['seeds']} seeds.", "",
+                  f"{', '.join([config['budget'], *config['other_budgets']])}, {config['seeds']} seeds, "
+                  f"{figs['cost']['runs']} runs, {figs['cost']['process_seconds'] / 3600:.1f} hours of one core.", "",
                   "| claim | verdict | numbers |", "|---|---|---|",
                   *[f"| {c['claim']} | **{c['verdict']}** | {c['numbers']} |" for c in figs["verdicts"]["claims"]], ""]
+    lines += [f"Cost of the parts above: {hours:.1f} hours of one core, about half that in wall time with "
+              "`--jobs 2` on two cores.", ""]
     files.write_text(out / "report.md", "\n".join(lines))
     return out / "report.md"
