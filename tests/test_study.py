@@ -286,6 +286,14 @@ def test_output_directory_of_another_study_is_refused(tmp_path, mnist_root):
         open_study(tmp_path / "other", FIXTURE_CONFIG, "fixture")
 
 
+def test_a_folder_holding_only_baselines_becomes_the_study(tmp_path):
+    # benchmarks/baselines.py may write a part's baselines before the part's first run.
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "baselines.json").write_text("{}")
+    open_study(tmp_path / "s", FIXTURE_CONFIG, "fixture")
+    assert (tmp_path / "s" / "study.json").exists() and (tmp_path / "s" / "baselines.json").read_text() == "{}"
+
+
 def test_check_config_rejects_an_unknown_model():
     with pytest.raises(InvalidInput, match="unknown model"):
         check_config(FIXTURE_CONFIG.__class__(**{**FIXTURE_CONFIG.__dict__, "model": "resnet"}))

@@ -30,11 +30,12 @@ def _pyplot():
     return plt
 
 
-def _save(fig, axes, out: Path, legend_fontsize=None) -> None:
+def _save(fig, axes, out: Path, legend_fontsize=None, legend_outside=False) -> None:
     """The finish every plot shares: light grid, legend, tight layout, one PNG."""
+    place = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if legend_outside else {}
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=legend_fontsize)
+        ax.legend(fontsize=legend_fontsize, **place)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     _pyplot().close(fig)
@@ -46,6 +47,11 @@ def _plain_log(axis) -> None:
 
     axis.set_major_formatter(ScalarFormatter())
     axis.set_minor_formatter(NullFormatter())
+
+
+def _ticks_within(candidates, values, margin: float) -> list:
+    """The candidate ticks of a log axis that lie within ``margin`` times the data's range."""
+    return [t for t in candidates if min(values) / margin <= t <= max(values) * margin]
 
 
 def _band(ax, xs_per_seed, ys_per_seed, colour, label):
@@ -92,6 +98,8 @@ def plot_annealing(fig_json: dict, out: Path) -> None:
     ax_kl.set(xlabel="training steps", ylabel="largest block KL (bits)", title="Budget: largest block KL")
     ax_kl.set_yscale("log")
     _plain_log(ax_kl.yaxis)
+    kl_bits = [16] + [p["kl_bits_per_block_max"] for trial in fig_json["trials"] for p in trial["curve"]]
+    ax_kl.set_yticks(_ticks_within((10, 16, 20, 30, 50, 100, 200, 300, 500, 1000), kl_bits, 1.1))
     _save(fig, (ax_acc, ax_kl), out)
 
 
@@ -138,8 +146,25 @@ def plot_pruning(fig_json: dict, out: Path) -> None:
     _save(fig, [ax], out, legend_fontsize=7)
 
 
+# A baseline's points beyond this many times our worst error would only stretch the error axis
+# and the table: they are in size_vs_error.json.
+BASELINE_ERROR_FACTOR = 2
+
+
+def _shown_baselines(fig_json: dict) -> dict[str, list[dict]]:
+    worst = BASELINE_ERROR_FACTOR * max(p["test_error"]["mean"] for p in fig_json["ours"])
+    return {method: [p for p in points if p["test_error"] <= worst]
+            for method, points in fig_json.get("baselines", {}).items()}
+
+
+def _bytes_label(size_bytes: float, _position=None) -> str:
+    return f"{size_bytes / 1e6:g}M" if size_bytes >= 1e6 else f"{size_bytes / 1e3:g}k"
+
+
 def plot_size_vs_error(fig_json: dict, out: Path) -> None:
-    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fig, ax = _pyplot().subplots(figsize=(10, 4.8))
     for param in PARAMS:
         points = [p for p in fig_json["ours"] if p["param"] == param]
         ax.errorbar([p["size_bytes"] for p in points], [100 * p["test_error"]["mean"] for p in points],
@@ -148,11 +173,8 @@ def plot_size_vs_error(fig_json: dict, out: Path) -> None:
     for p, marker in zip(fig_json["published"], "xs^vD"):
         ax.scatter(p["size_bytes"], 100 * p["test_error"], marker=marker, color="black",
                    label=f"{p['method']} (published)")
-    baselines = fig_json.get("baselines", {})
-    # A baseline's points beyond ten times our worst error would only stretch the error axis.
-    worst = 10 * max(p["test_error"]["mean"] for p in fig_json["ours"])
+    baselines = _shown_baselines(fig_json)
     for (method, points), colour in zip(baselines.items(), ("tab:green", "tab:purple", "tab:brown", "tab:gray")):
-        points = [p for p in points if p["test_error"] <= worst]
         ax.plot([p["size_bytes"] for p in points], [100 * p["test_error"] for p in points], marker=".",
                 linestyle="--", color=colour, label=f"{method} (plain network, post-training)")
     if fig_json.get("baselines_plain_test_error") is not None:
@@ -160,14 +182,20 @@ def plot_size_vs_error(fig_json: dict, out: Path) -> None:
                    label="plain network, uncompressed")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    _plain_log(ax.xaxis)
+    ax.xaxis.set_major_formatter(FuncFormatter(_bytes_label))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     _plain_log(ax.yaxis)
     sizes = [p["size_bytes"] for p in fig_json["ours"] + fig_json["published"]]
-    sizes += [p["size_bytes"] for points in baselines.values() for p in points if p["test_error"] <= worst]
-    ax.set_xticks([t for t in (1000, 1500, 2000, 3000, 5000, 10_000, 20_000, 50_000, 100_000, 300_000, 1_000_000,
-                               3_000_000) if min(sizes) / 1.5 <= t <= max(sizes) * 1.5])
-    ax.set(xlabel="size (bytes, log scale)", ylabel="test error (%, log scale)", title="Size against error")
-    _save(fig, [ax], out, legend_fontsize=8)
+    sizes += [p["size_bytes"] for points in baselines.values() for p in points]
+    ax.set_xticks(_ticks_within((1000, 2000, 3000, 10_000, 30_000, 100_000, 300_000, 1_000_000, 3_000_000),
+                                sizes, 1.5))
+    errors = [100 * p["test_error"]["mean"] for p in fig_json["ours"]] + [100 * p["test_error"] for p in
+                                                                          fig_json["published"]]
+    errors += [100 * p["test_error"] for points in baselines.values() for p in points]
+    ax.set_yticks(_ticks_within((0.5, 0.6, 0.7, 0.8, 1, 1.5, 2, 3, 5, 10, 20, 50), errors, 1.2))
+    ax.set(xlabel="size (bytes, log scale; k = 1,000, M = 1,000,000)", ylabel="test error (%, log scale)",
+           title="Size against error")
+    _save(fig, [ax], out, legend_fontsize=8, legend_outside=True)
 
 
 def _pct(stat: dict | None) -> str:
@@ -286,9 +314,12 @@ def write_markdown(figs: dict, out: Path) -> None:
                      f"{', '.join(map(str, p['seeds']))} |")
     for p in size["published"]:
         lines.append(f"| {p['method']} (published) | | {p['size_bytes']} | {100 * p['test_error']:.2f} | |")
-    for method, points in size.get("baselines", {}).items():
+    for method, points in _shown_baselines(size).items():
         lines += [f"| {method} (post-training, settings chosen on validation) | | {p['size_bytes']} | "
                   f"{100 * p['test_error']:.2f} | |" for p in points]
+    if size.get("baselines"):
+        lines += ["", f"Baselines: the points of each method's validation front with test error at most "
+                  f"{BASELINE_ERROR_FACTOR} times our worst; every point is in `json/size_vs_error.json`."]
     if size.get("baselines_plain_test_error") is not None:
         lines += ["", f"The plainly trained network the baselines start from: {100 * size['baselines_plain_test_error']:.2f}% "
                   "test error uncompressed (`benchmarks/baselines.py`, recorded in `baselines.json`)."]

@@ -162,6 +162,10 @@ def open_preset(out: Path, preset: str, parts: tuple[StudyConfig, ...]) -> None:
     files.write_json(settings, {**identity, **provenance()})
 
 
+# Written by benchmarks/baselines.py into a part's folder, possibly before the part's first run.
+BASELINES_FILE = "baselines.json"
+
+
 def open_study(out: Path, config: StudyConfig, preset: str) -> None:
     """Create ``out`` for this study, or check that it already holds this very study."""
     identity = {"preset": preset, "config": config.to_dict()}
@@ -174,7 +178,7 @@ def open_study(out: Path, config: StudyConfig, preset: str) -> None:
                 "choose another output directory, or delete it to start over"
             )
         return
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != BASELINES_FILE for p in out.iterdir()):
         raise InvalidInput(f"{out} is not empty and holds no study; choose an empty or new output directory")
     out.mkdir(parents=True, exist_ok=True)
     files.write_json(settings, {**identity, **provenance()})
@@ -296,9 +300,6 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
     run.update({f"pruning_{order}": curve for order, curve in pruning.items()})
     files.write_json(done, run, indent=1)
     return run
-
-
-BASELINES_FILE = "baselines.json"
 
 
 def _baselines(out: Path, config: StudyConfig) -> dict | None:
