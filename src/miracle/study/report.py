@@ -50,8 +50,13 @@ def _plain_log(axis) -> None:
 
 
 def _ticks_within(candidates, values, margin: float) -> list:
-    """The candidate ticks of a log axis that lie within ``margin`` times the data's range."""
-    return [t for t in candidates if min(values) / margin <= t <= max(values) * margin]
+    """The candidate ticks of a log axis that lie within ``margin`` times the data's range,
+    widened until there are at least two (one would not tell the scale)."""
+    while True:
+        ticks = [t for t in candidates if min(values) / margin <= t <= max(values) * margin]
+        if len(ticks) >= 2 or len(ticks) == len(candidates):
+            return ticks
+        margin *= 1.5
 
 
 def _band(ax, xs_per_seed, ys_per_seed, colour, label):
@@ -187,12 +192,12 @@ def plot_size_vs_error(fig_json: dict, out: Path) -> None:
     _plain_log(ax.yaxis)
     sizes = [p["size_bytes"] for p in fig_json["ours"] + fig_json["published"]]
     sizes += [p["size_bytes"] for points in baselines.values() for p in points]
-    ax.set_xticks(_ticks_within((1000, 2000, 3000, 10_000, 30_000, 100_000, 300_000, 1_000_000, 3_000_000),
+    ax.set_xticks(_ticks_within((1000, 1500, 2000, 3000, 10_000, 30_000, 100_000, 300_000, 1_000_000, 3_000_000),
                                 sizes, 1.5))
     errors = [100 * p["test_error"]["mean"] for p in fig_json["ours"]] + [100 * p["test_error"] for p in
                                                                           fig_json["published"]]
     errors += [100 * p["test_error"] for points in baselines.values() for p in points]
-    ax.set_yticks(_ticks_within((0.5, 0.6, 0.7, 0.8, 1, 1.5, 2, 3, 5, 10, 20, 50), errors, 1.2))
+    ax.set_yticks(_ticks_within((0.5, 0.6, 0.7, 0.8, 1, 1.5, 2, 3, 4, 5, 7, 10, 20, 50), errors, 1.2))
     ax.set(xlabel="size (bytes, log scale; k = 1,000, M = 1,000,000)", ylabel="test error (%, log scale)",
            title="Size against error")
     _save(fig, [ax], out, legend_fontsize=8, legend_outside=True)

@@ -99,8 +99,9 @@ def tails(tail_figure: dict, pruning_figure: dict) -> dict:
     meaningful = _compare([(snr["mean-kl"], snr["mean-var"])]) if len(snr) == 2 else None
     parts = [verdict for verdict in (heavier, meaningful) if verdict is not None]
     verdict = parts[0] if len(set(parts)) == 1 else MIXED
+    names = {"decoded_over_s": "decoded weights", "mu_over_s": "posterior means"}
     numbers = "excess kurtosis, Mean-KL vs Mean-Var: " + "; ".join(
-        f"{name} {kl['mean']:.2f} ± {kl['std']:.2f} vs {var['mean']:.2f} ± {var['std']:.2f}"
+        f"{names[name]} {kl['mean']:.2f} ± {kl['std']:.2f} vs {var['mean']:.2f} ± {var['std']:.2f}"
         for name, (kl, var) in kurtosis.items())
     if meaningful is not None:
         numbers += (f"; pruning by abs(mu)/sigma, mean accuracy over the range: Mean-KL {_pct(snr['mean-kl'])}, "
