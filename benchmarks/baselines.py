@@ -13,8 +13,8 @@ Three baselines, each a grid of settings:
   the MPEG neural-network coding standard, ISO/IEC 15938-17: dependent quantization and
   DeepCABAC) at a grid of quantization parameters.
 
-Sizes are the bytes of each payload; like our files, they leave out the architecture (known
-to the reader), and unlike ours they leave out nothing else either. For each baseline the
+Sizes are the bytes of each payload; like our files, they leave out only the architecture
+(known to the reader). For each baseline the
 settings on the size-against-validation-error Pareto front are kept and scored on the test set.
 None of them retrains after compressing: they are what is done to an already trained network.
 
