@@ -1,7 +1,11 @@
 import json
 from dataclasses import replace
 import math
+import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -378,6 +382,43 @@ def test_an_interrupted_training_resumes_with_its_curve(tmp_path, mnist_root):
     assert without_time(resumed["curve"]) == without_time(whole["curve"])
     assert resumed["final"] == whole["final"]
     assert (run_dir / "model.mrc").read_bytes() == (tmp_path / "whole" / "runs" / spec.name / "model.mrc").read_bytes()
+
+
+_ORPHAN_SCRIPT = """
+import os, signal, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from miracle.study.runner import _worker_init
+pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(1, os.getpid()))
+print(pool.submit(os.getpid).result(), flush=True)
+pool.submit(time.sleep, 120)
+time.sleep(0.5)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads process states from /proc")
+def test_a_study_worker_exits_when_its_parent_is_killed():
+    # Not subprocess.run: the worker holds the pipe open, so waiting for its end would wait for
+    # the worker too.
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    parent.wait(timeout=60)
+    deadline = time.monotonic() + 15
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    outlived = _running(worker)
+    if outlived:
+        os.kill(worker, 9)  # no stray process after a failure
+    assert not outlived, "the worker outlived its killed parent"
 
 
 def test_rerunning_a_finished_study_resumes_instead_of_starting_over(tmp_path, mnist_root):

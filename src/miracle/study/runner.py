@@ -23,6 +23,8 @@ at the main budget, as an ablation.
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
@@ -318,8 +320,18 @@ def _baselines(out: Path, config: StudyConfig) -> dict | None:
 
 
 # -- the whole study ----------------------------------------------------------------------------
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, parent_pid: int) -> None:
     torch.set_num_threads(threads)
+    # A parent killed outright (SIGTERM, SIGKILL) cannot stop its pool: without this, the
+    # workers would go on training and writing into the study's folder. Runs save atomically,
+    # so leaving mid-run is safe; the next `miracle study` resumes them.
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(poll_seconds)
+    os._exit(1)
 
 
 def _run_all(config, specs, out, data_dir, jobs, log) -> dict[RunSpec, dict]:
@@ -331,7 +343,7 @@ def _run_all(config, specs, out, data_dir, jobs, log) -> dict[RunSpec, dict]:
         return results
     # Parallel runs with one thread each: two 2-thread processes on 2 cores stall each other.
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init,
-                             initargs=(1,)) as pool:
+                             initargs=(1, os.getpid())) as pool:
         futures = {pool.submit(execute_run, config, spec, out, data_dir): spec for spec in specs}
         for future in as_completed(futures):
             spec = futures[future]
