@@ -3,6 +3,7 @@ from dataclasses import replace
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -385,7 +386,7 @@ def test_an_interrupted_training_resumes_with_its_curve(tmp_path, mnist_root):
 
 
 _ORPHAN_SCRIPT = """
-import os, signal, sys, time
+import os, signal, time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from miracle.study.runner import _worker_init
@@ -417,7 +418,7 @@ def test_a_study_worker_exits_when_its_parent_is_killed():
         time.sleep(0.2)
     outlived = _running(worker)
     if outlived:
-        os.kill(worker, 9)  # no stray process after a failure
+        os.kill(worker, signal.SIGKILL)  # no stray process after a failure
     assert not outlived, "the worker outlived its killed parent"
 
 
