@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from miracle.blocks import BlockLayout
-from miracle.posteriors import LN2, MeanKL, MeanVar, free_mean_to_mean_std, kl_nats, mean_kl_to_mean_std
+from miracle.lambertw import lambertw0
+from miracle.posteriors import LN2, MeanKL, MeanVar, free_mean_to_mean_std, kl_nats, mean_kl_to_mean_std, narrowing_to_std
 
 
 def test_mean_kl_reproduces_its_kl_on_a_wide_grid():
@@ -129,3 +130,23 @@ def test_mean_var_kl_matches_the_formula_and_padding_is_free():
     kl = kl_nats(mu, sigma, s)
     torch.testing.assert_close(kl[layout.is_real], torch.full_like(kl[layout.is_real], expected))
     assert torch.all(kl[~layout.is_real] == 0)
+
+
+def test_the_narrowing_in_float32_keeps_float32_precision_with_the_gradient_through_w0():
+    # Costs up to 40 nats (a budget of 16 bits is 11): beyond, sigma leaves float32's normal range.
+    extra = torch.cat([torch.logspace(-14, math.log10(40), 4000, dtype=torch.float64), torch.rand(4000, dtype=torch.float64) * 3])
+    s = torch.full_like(extra, 0.7)
+    full = narrowing_to_std(extra, s)  # float64: the whole solve
+    fast = narrowing_to_std(extra, s.float())  # float32: fewer Halley steps
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast.double(), full, rtol=2.0**-23, atol=0)  # within one float32 step
+    # The closed-form gradient is the derivative through W0, on both arguments.
+    e = torch.tensor([1e-3, 0.01, 0.4, 2.0, 30.0], dtype=torch.float64, requires_grad=True)
+    scales = torch.tensor([0.5, 1.0, 2.0, 0.1, 3.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(narrowing_to_std, (e, scales))
+    e = torch.tensor([1e-9, 1e-6, 0.01, 0.4, 2.0, 30.0], dtype=torch.float64, requires_grad=True)
+    scales = torch.tensor([0.5, 1.0, 2.0, 0.1, 3.0, 1.0], dtype=torch.float64, requires_grad=True)
+    through_w0 = scales * torch.sqrt(-lambertw0(-torch.exp(-1.0 - 2 * e)))
+    closed_form = narrowing_to_std(e, scales)
+    for a, b in zip(torch.autograd.grad(through_w0.sum(), (e, scales)), torch.autograd.grad(closed_form.sum(), (e, scales))):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=0)

@@ -51,7 +51,39 @@ class _InjectiveGather(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (inverse,) = ctx.saved_tensors
-        return torch.cat([grad, grad.new_zeros(1)]).index_select(0, inverse), None, None
+        return _read_through_inverse(grad, inverse), None, None
+
+
+class _HashExpand(torch.autograd.Function):
+    """Free variables [F] -> a hashed tensor's positions: ``values[index // g] * sign``.
+
+    The same numbers as repeating every variable g times and gathering the repeats by the
+    permutation ``index``, without materialising the repeats. The backward is that route's
+    backward, in the same order of operations (so the same bits): the signed gradient read
+    back through the inverse permutation, then summed over each variable's g positions; a
+    fixed order, where autograd's scatter-add of a gather with repeats sums in an order
+    that depends on the threads.
+    """
+
+    @staticmethod
+    def forward(ctx, values, source, inverse, sign, group_size):
+        ctx.save_for_backward(inverse, sign)
+        ctx.group_size = group_size
+        return values.index_select(0, source) * sign
+
+    @staticmethod
+    def backward(ctx, grad):
+        inverse, sign = ctx.saved_tensors
+        repeated = _read_through_inverse(grad * sign, inverse)
+        return repeated.view(-1, ctx.group_size).sum(1), None, None, None, None
+
+
+def _read_through_inverse(grad: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """The gradient of a gather's source: ``grad[inverse]``, zero where nothing was gathered
+    (``inverse`` = len(grad)); a permutation needs no zero appended."""
+    if len(inverse) > len(grad):
+        grad = torch.cat([grad, grad.new_zeros(1)])
+    return grad.index_select(0, inverse)
 
 
 def _inverse_of(index: torch.Tensor, source_size: int) -> torch.Tensor:
@@ -147,6 +179,8 @@ class BlockLayout:
         self.tensor_of_slot = tensor_of_slot.view(num_blocks, self.block_dim)
         self._slot_one_hot: torch.Tensor | None = None
         self._free_of_slot = _inverse_of(self.slot_of_free, num_blocks * self.block_dim)
+        # Position p of a hashed tensor holds free variable source[p] = index[p] // g.
+        self._hash_source = [index // t.group_size for t, index in zip(self.tensors, self._hash_index)]
         self._hash_inverse = [_inverse_of(index, t.num_free * t.group_size)
                               for t, index in zip(self.tensors, self._hash_index)]
 
@@ -163,7 +197,7 @@ class BlockLayout:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device))
-        for name in ("_hash_index", "_hash_sign", "_hash_inverse"):
+        for name in ("_hash_index", "_hash_source", "_hash_sign", "_hash_inverse"):
             setattr(self, name, [t.to(device) for t in getattr(self, name)])
         return self
 
@@ -185,14 +219,11 @@ class BlockLayout:
         """Block values [B, D] -> the model's parameter tensors (hashing expanded)."""
         free = _InjectiveGather.apply(blocks.reshape(-1), self.slot_of_free, self._free_of_slot)
         out = {}
-        for entry, index, inverse, sign in zip(self.tensors, self._hash_index, self._hash_inverse, self._hash_sign):
+        for entry, source, inverse, sign in zip(self.tensors, self._hash_source, self._hash_inverse,
+                                                self._hash_sign):
             values = free[entry.offset : entry.offset + entry.num_free]
             if entry.group_size > 1:
-                # expand + permutation rather than values[index_with_repeats]: the backward of
-                # a gather with repeated indices accumulates in a thread-dependent order, and
-                # training must be bit-reproducible to resume exactly.
-                repeated = values[:, None].expand(-1, entry.group_size).reshape(-1)
-                values = _InjectiveGather.apply(repeated, index, inverse) * sign.to(values.dtype)
+                values = _HashExpand.apply(values, source, inverse, sign.to(values.dtype), entry.group_size)
             out[entry.name] = values.view(entry.shape)
         return out
 
@@ -200,9 +231,8 @@ class BlockLayout:
         """Parameter tensors -> block values [B, D]: the least-squares projection onto the
         hashed space (each free variable is the mean of its signed positions); padding is 0."""
         free = torch.zeros(self.num_free, dtype=torch.float32)
-        for entry, index, sign in zip(self.tensors, self._hash_index, self._hash_sign):
+        for entry, variable, sign in zip(self.tensors, self._hash_source, self._hash_sign):
             flat = tensors[entry.name].detach().reshape(-1).float()
-            variable = index // entry.group_size
             sums = torch.zeros(entry.num_free).index_add_(0, variable, flat * sign)
             counts = torch.zeros(entry.num_free).index_add_(0, variable, torch.ones_like(flat))
             free[entry.offset : entry.offset + entry.num_free] = sums / counts

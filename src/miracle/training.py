@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import distributed, files
+from . import distributed, files, memory
 from .batches import accuracy, to_device, training_batches
 from .errors import InvalidInput, MiracleError
 from .progress import bar as progress_bar
@@ -122,6 +122,7 @@ class Trainer:
         :mod:`miracle.batches`); ``loss_fn(outputs, targets)`` is the mean loss of a batch
         (default: cross-entropy). The trainer works on the device ``vmodel`` is on."""
         self.vmodel, self.config = vmodel, config
+        memory.keep_freed_memory()  # the steps reuse each other's buffers without page faults
         self.batches = training_batches(train_data, config.batch_size, config.seed, num_examples=num_examples,
                                         rank=distributed.rank(), world_size=distributed.world_size())
         self.loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
@@ -217,7 +218,8 @@ class Trainer:
         if not (isinstance(nll, torch.Tensor) and nll.dim() == 0):
             raise InvalidInput("loss_fn(outputs, targets) must return the mean loss of the batch as a scalar "
                                f"tensor, got {type(nll).__name__} {tuple(getattr(nll, 'shape', ()))}")
-        kl_nats = vm.kl_nats_per_block(mean_std)
+        with torch.set_grad_enabled(vm.posterior.kl_has_gradient):
+            kl_nats = vm.kl_nats_per_block(mean_std)
         # Coded blocks are weights now: their KL is paid and no longer part of the objective.
         kl_term = vm.posterior.kl_loss_term(torch.where(vm.coded, 0.0, kl_nats))
         loss = nll + kl_term.float().to(device) / self.num_examples
