@@ -5,7 +5,7 @@ the hashed weights). glibc's malloc serves a large request with a fresh ``mmap``
 back to the system when it is freed, or trims the freed top of its heap; the next step then
 touches the same amount of memory anew, one page fault per 4 KB. Where page faults are dear
 (virtual machines, sandboxes) that is seen here as thousands of faults per LeNet-5 step and
-steps up to 1.5x slower, at random, in stretches. Keeping requests up to 32 MB on the heap
+stretches of steps up to 1.3x slower, at random. Keeping requests up to 32 MB on the heap
 and never trimming less than 1 GB makes the faults stop after the first steps: the process
 keeps, at most, the memory its largest step needed.
 
