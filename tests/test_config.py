@@ -27,7 +27,7 @@ def test_compress_has_an_option_for_every_field_and_train_for_every_field_but_co
 
 def test_every_option_reaches_its_field():
     values = {"budget": "2KB", "param": "mean-var", "bits_per_block": "12", "include": "fc*", "exclude": "fc3*",
-              "kl_bits": "11.5", "mean_kl_form": "bounded-mean", "beta_initial": "0.5", "eps_beta": "0.01",
+              "kl_bits": "11.5", "mean_kl_form": "bounded-mean", "mean_share": "0.6", "beta_initial": "0.5", "eps_beta": "0.01",
               "steps": "77", "batch_size": "64", "lr": "0.003", "lr_schedule": "constant", "weight_samples": "2",
               "kl_anneal_from": "4", "kl_anneal_steps": "10", "checkpoint_every": "5", "blocks_per_group": "3",
               "retrain_steps": "4", "retrain_lr": "0.002", "rule": "ordered", "seed": "9"}
@@ -57,6 +57,7 @@ def test_the_configuration_round_trips_through_its_dict():
     (dict(rule="best"), "rule"),
     (dict(lr_schedule="linear"), "learning-rate schedule"),
     (dict(stepz=3), "unknown option(s) stepz"),
+    (dict(mean_share=1.0), "mean_share"),
 ])
 def test_bad_settings_are_refused_where_they_are_validated(options, message):
     with pytest.raises(InvalidInput, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -115,6 +115,7 @@ def test_a_checkpoint_from_before_a_new_training_setting_still_resumes(mnist_tra
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     for added_later in ("weight_samples", "kl_anneal_from", "kl_anneal_steps"):
         del state["identity"]["train"][added_later]
+    del state["identity"]["variational"]["mean_share"]
     torch.save(state, tmp_path / "checkpoint.pt")
     resumed = Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=4, batch_size=50), tmp_path)
     resumed.run(progress=False)

@@ -5,6 +5,7 @@ from torch import nn
 from miracle.errors import InvalidInput
 from miracle.models import LeNet5, create_model
 from miracle.units import parse_budget_bits
+from miracle.posteriors import LN2
 from miracle.variational import VariationalConfig, VariationalModel, select_parameters
 
 
@@ -91,3 +92,15 @@ def test_the_vgg_codes_its_convolutions_and_linears_and_sends_batchnorm_as_side_
     # Six BatchNorms' weights, biases and running statistics (4 x 896 float32) come off the
     # budget, with their names, the header and the prior scales (under 1 KB).
     assert 20_000 - 4 * 4 * 896 - 1000 < index_bits / 8 < 20_000 - 4 * 4 * 896
+
+
+def test_the_means_share_of_the_kl_reaches_the_mean_kl_posterior():
+    torch.manual_seed(0)  # only the model's own default init
+    config = VariationalConfig(budget_bits=800, param="mean-kl", mean_share=0.3)
+    vmodel = VariationalModel(nn.Sequential(nn.Linear(20, 10)), config)
+    with torch.no_grad():
+        vmodel.posterior.mean.mul_(100.0)  # means far too dear for the budget: they are scaled down
+        mu, sigma, s = vmodel.block_mean_std()
+    mean_cost = ((mu.double() / s.double()) ** 2 / 2).sum(1)
+    torch.testing.assert_close(mean_cost, torch.full_like(mean_cost, 0.3 * 16 * LN2))
+    torch.testing.assert_close(vmodel.kl_nats_per_block(), torch.full_like(mean_cost, 16 * LN2))

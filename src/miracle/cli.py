@@ -44,6 +44,8 @@ def _config_options(p: argparse.ArgumentParser, coding: bool) -> None:
     add("--exclude", action="append", metavar="PATTERN", help="do not code the parameters whose names match")
     add("--kl-bits", type=float, help="Mean-KL: KL per block (default: bits per block)")
     add("--mean-kl-form", choices=MeanKL.FORMS, help=f"Mean-KL: how a block's KL is split (default {d.mean_kl_form})")
+    add("--mean-share", type=float,
+        help=f"Mean-KL free-mean: the largest share of a block's KL its means may take (default {d.mean_share})")
     add("--beta-initial", type=float, help=f"Mean-Var: initial beta (default {d.beta_initial})")
     add("--eps-beta", type=float, help=f"Mean-Var: annealing rate (default {d.eps_beta})")
     add("--steps", type=int, help=f"training steps before coding (default {d.steps})")

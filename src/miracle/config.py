@@ -33,6 +33,7 @@ class CompressConfig:
     exclude: tuple[str, ...] | None = None
     kl_bits: float | None = VariationalConfig.kl_bits
     mean_kl_form: str = VariationalConfig.mean_kl_form
+    mean_share: float = VariationalConfig.mean_share
     beta_initial: float = VariationalConfig.beta_initial
     eps_beta: float = VariationalConfig.eps_beta
     # Training.
@@ -99,7 +100,8 @@ class CompressConfig:
             budget_bits=budget_bits, param=self.param, bits_per_block=self.bits_per_block,
             group_sizes=self.hashing(default_hashing), include=list(self.include) if self.include else None,
             exclude=list(self.exclude) if self.exclude else None, hash_seed=self.seed, partition_seed=self.seed,
-            kl_bits=self.kl_bits, mean_kl_form=self.mean_kl_form, beta_initial=self.beta_initial,
+            kl_bits=self.kl_bits, mean_kl_form=self.mean_kl_form, mean_share=self.mean_share,
+            beta_initial=self.beta_initial,
             eps_beta=self.eps_beta,
         )
 

@@ -21,7 +21,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -33,7 +33,7 @@ from .errors import InvalidInput, MiracleError
 from .progress import bar as progress_bar
 from .randomness import derived_generator
 from .posteriors import LN2
-from .variational import VariationalModel
+from .variational import VariationalConfig, VariationalModel
 
 # Both train far better at 1e-2 than at MIRACLE's 1e-3 in our short schedules: Mean-Var decoded
 # best at 1e-2 in the study's tuning (results/study); Mean-KL's free-mean form did as well at 1e-2
@@ -151,14 +151,13 @@ class Trainer:
         return {"variational": self.vmodel.config.to_dict(), "train": asdict(self.config), **self.run_info}
 
     def _comparable_identity(self, identity: dict) -> dict:
-        # More steps may be asked of a finished run; everything else must match. A setting
-        # added since the checkpoint was written took its default then (all defaults keep the
-        # earlier behaviour).
-        defaults = {f.name: f.default for f in fields(TrainConfig)}
-        train = {k: v for k, v in {**defaults, **identity["train"]}.items() if k != "steps"}
-        comparable = {**identity, "train": train}
+        # More steps may be asked of a finished run; everything else must match.
+        from .config import CompressConfig  # it is built on this module's TrainConfig
+
+        comparable = {**identity, "variational": _with_defaults(identity["variational"], VariationalConfig),
+                      "train": _with_defaults(identity["train"], TrainConfig, drop="steps")}
         if "config" in identity:
-            comparable["config"] = {k: v for k, v in identity["config"].items() if k != "steps"}
+            comparable["config"] = _with_defaults(identity["config"], CompressConfig, drop="steps")
         return comparable
 
     def save_checkpoint(self) -> None:
@@ -303,6 +302,13 @@ class Trainer:
 
     def step_ms(self) -> float:
         return 1000 * self.seconds / max(self.step, 1)
+
+
+def _with_defaults(settings: dict, config_class, drop: str | None = None) -> dict:
+    """A checkpoint's settings with those added since it was written at their defaults, which
+    keep the earlier behaviour; ``drop`` leaves one setting out of the comparison."""
+    defaults = {f.name: f.default for f in fields(config_class) if f.default is not MISSING}
+    return {k: v for k, v in {**defaults, **settings}.items() if k != drop}
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

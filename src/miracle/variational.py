@@ -43,6 +43,7 @@ class VariationalConfig:
     partition_seed: int = 0
     kl_bits: float | None = None  # Mean-KL: KL per block (default: bits_per_block)
     mean_kl_form: str = "free-mean"  # Mean-KL: "free-mean" or "bounded-mean" (see posteriors)
+    mean_share: float = 0.95  # Mean-KL free-mean: the largest share of a block's KL its means may take
     beta_initial: float = 1.0  # Mean-Var: initial beta; 1 is the exact ELBO (see training)
     eps_beta: float = 3e-3  # Mean-Var: annealing rate per step (the study's tuning at lr 1e-2)
     initial_std_ratio: float = 0.1  # Mean-Var: initial sigma / s
@@ -52,6 +53,8 @@ class VariationalConfig:
             raise InvalidInput(f"unknown parameterisation {self.param!r}; choose one of {', '.join(POSTERIORS)}")
         if self.mean_kl_form not in MeanKL.FORMS:
             raise InvalidInput(f"unknown Mean-KL form {self.mean_kl_form!r}; choose one of {', '.join(MeanKL.FORMS)}")
+        if not 0 < self.mean_share < 1:
+            raise InvalidInput(f"the means' share of a block's KL (mean_share) must be in (0, 1), got {self.mean_share}")
         if self.kl_bits is not None and not 0 < self.kl_bits <= self.bits_per_block:
             raise InvalidInput(f"the KL per block (kl_bits) must be in (0, {self.bits_per_block}], the bits per "
                                f"block; got {self.kl_bits}")
@@ -132,7 +135,7 @@ class VariationalModel(nn.Module):
             )
         else:
             self.posterior = MeanKL(self.layout, config.bits_per_block, initial_mean, s, config.kl_bits,
-                                    config.mean_kl_form)
+                                    config.mean_kl_form, config.mean_share)
         # Progressive coding: blocks already coded are fixed to their coded sample.
         B, D = self.layout.num_blocks, self.layout.block_dim
         self.register_buffer("coded", torch.zeros(B, dtype=torch.bool))
