@@ -35,7 +35,7 @@ class _Silent:
     def update(self, n: int = 1) -> None:
         pass
 
-    def set_postfix(self, **values) -> None:
+    def set_postfix(self, refresh: bool = True, **values) -> None:
         pass
 
     def close(self) -> None:
@@ -58,7 +58,8 @@ class _Lines:
             self.marks_printed = self._marks_passed()
             self._print()
 
-    def set_postfix(self, **values) -> None:
+    def set_postfix(self, refresh: bool = True, **values) -> None:
+        # ``refresh`` is tqdm's (redraw now); a line is printed only every tenth anyway.
         self.postfix = "".join(f", {key} {value}" for key, value in values.items())
 
     def _print(self) -> None:
