@@ -35,7 +35,9 @@ def _initial_guess(z: torch.Tensor) -> torch.Tensor:
 def solve(z: torch.Tensor, halley_steps: int = FLOAT64_HALLEY_STEPS) -> torch.Tensor:
     """W0(z) for float64 z in [-1/e, 0], without checks and without a gradient: the solver
     behind :func:`lambertw0`, for callers that know their range and differentiate in closed
-    form. Fewer ``halley_steps`` suffice where the result is rounded to a lower precision."""
+    form. Fewer ``halley_steps`` suffice where the result is rounded to a lower precision.
+    Values below -1/e within rounding are taken as -1/e."""
+    z = torch.clamp(z, min=-_INV_E)
     w = _initial_guess(z)
     for _ in range(halley_steps):
         ew = torch.exp(w)
@@ -68,4 +70,4 @@ def lambertw0(z: torch.Tensor) -> torch.Tensor:
         z = z.double()
     if bool((z < -_INV_E * (1 + 1e-12)).any()) or bool(torch.isnan(z).any()):
         raise ValueError("lambertw0 is defined for z >= -1/e only")
-    return _LambertW0.apply(torch.clamp(z, min=-_INV_E))
+    return _LambertW0.apply(z)

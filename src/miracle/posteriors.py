@@ -78,7 +78,7 @@ class _NarrowingToStd(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, extra_nats, s):
-        z = torch.clamp(-torch.exp(-1.0 - 2 * extra_nats), min=-math.exp(-1.0))
+        z = -torch.exp(-1.0 - 2 * extra_nats)
         steps = FLOAT64_HALLEY_STEPS if s.dtype == torch.float64 else _FLOAT32_HALLEY_STEPS
         x = -lambertw_solve(z, steps)
         root = torch.sqrt(x)
