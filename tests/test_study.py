@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import run_cli
+from miracle.config import CompressConfig
 from miracle.errors import InvalidInput
 from miracle.study import StudyConfig, get_preset, part_name, run_study, write_report
 from miracle.study.figures import FIGURE_FILES, write_figures
@@ -334,6 +335,17 @@ def test_a_run_killed_after_training_codes_without_training_again(tmp_path, mnis
     assert (run_dir / "trained.json").stat().st_mtime_ns == stamp  # training was not repeated
     assert (run_dir / "model.mrc").read_bytes() == original
     assert again["decoded_test_accuracy"] == run["decoded_test_accuracy"]
+
+
+def test_a_finished_run_made_with_other_settings_is_refused(tmp_path, mnist_root):
+    spec = RunSpec("mean-kl", TINY.budget, 0)
+    run = execute_run(TINY, spec, tmp_path, str(mnist_root))
+    assert run["settings"]["mean_share"] == CompressConfig().mean_share
+    assert execute_run(TINY, spec, tmp_path, str(mnist_root)) == run  # unchanged: reused as it is
+    done = tmp_path / "runs" / spec.name / "run.json"
+    done.write_text(json.dumps({**run, "settings": {**run["settings"], "mean_share": 0.95}}))
+    with pytest.raises(InvalidInput, match="other settings \\(mean_share\\).*delete that folder"):
+        execute_run(TINY, spec, tmp_path, str(mnist_root))
 
 
 def test_a_tuning_run_is_trained_and_judged_without_the_test_set(tmp_path, mnist_root, monkeypatch):

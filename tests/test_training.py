@@ -10,10 +10,10 @@ from miracle.training import TrainConfig, Trainer, TrainingDiverged
 from miracle.variational import VariationalConfig, VariationalModel
 
 
-def _vmodel(param, budget_bits=12000, seed=0):
+def _vmodel(param, budget_bits=12000, seed=0, **options):
     torch.manual_seed(0)  # only the model's own default init; every run choice takes a seed
     config = VariationalConfig(budget_bits=budget_bits, param=param, group_sizes=get_model_spec("lenet5").group_sizes,
-                               hash_seed=seed, partition_seed=seed)
+                               hash_seed=seed, partition_seed=seed, **options)
     return VariationalModel(create_model("lenet5"), config)
 
 
@@ -111,14 +111,18 @@ def test_each_part_of_the_batch_sees_its_own_weight_sample(mnist_train):
 
 def test_a_checkpoint_from_before_a_new_training_setting_still_resumes(mnist_train, tmp_path):
     small = Split(mnist_train.images[:500], mnist_train.labels[:500])
-    Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=2, batch_size=50), tmp_path).run(progress=False)
+    # Checkpoints stopped omitting the means' share before its default changed from 0.95.
+    Trainer(_vmodel("mean-kl", mean_share=0.95), small, TrainConfig(steps=2, batch_size=50), tmp_path).run(progress=False)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     for added_later in ("weight_samples", "kl_anneal_from", "kl_anneal_steps"):
         del state["identity"]["train"][added_later]
     del state["identity"]["variational"]["mean_share"]
     torch.save(state, tmp_path / "checkpoint.pt")
-    resumed = Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=4, batch_size=50), tmp_path)
+    with pytest.raises(Exception, match="other settings"):  # trained at 0.95, not today's default
+        Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=4, batch_size=50), tmp_path).run(progress=False)
+    resumed = Trainer(_vmodel("mean-kl", mean_share=0.95), small, TrainConfig(steps=4, batch_size=50), tmp_path)
     resumed.run(progress=False)
     assert resumed.step == 4
     with pytest.raises(Exception, match="other settings"):  # a setting that differs is still refused
-        Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=6, batch_size=50, weight_samples=2), tmp_path).run(progress=False)
+        Trainer(_vmodel("mean-kl", mean_share=0.95), small, TrainConfig(steps=6, batch_size=50, weight_samples=2),
+                tmp_path).run(progress=False)

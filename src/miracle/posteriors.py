@@ -233,7 +233,7 @@ class MeanKL(Posterior):
         initial_scales: torch.Tensor,
         kl_bits: float | None = None,
         form: str = "free-mean",
-        mean_share: float = 0.95,
+        mean_share: float = 0.5,
         mean_bound_margin: float = 1e-3,
     ) -> None:
         super().__init__(layout, bits_per_block)

@@ -304,10 +304,17 @@ class Trainer:
         return 1000 * self.seconds / max(self.step, 1)
 
 
+# Settings whose default changed after checkpoints stopped omitting them: a checkpoint without
+# one was trained with the value here, not with today's default.
+UNRECORDED_VALUES = {"mean_share": 0.95}
+
+
 def _with_defaults(settings: dict, config_class, drop: str | None = None) -> dict:
-    """A checkpoint's settings with those added since it was written at their defaults, which
-    keep the earlier behaviour; ``drop`` leaves one setting out of the comparison."""
-    defaults = {f.name: f.default for f in fields(config_class) if f.default is not MISSING}
+    """A checkpoint's settings with those added since it was written at the values it was
+    trained with (their defaults, or ``UNRECORDED_VALUES``); ``drop`` leaves one setting out of
+    the comparison."""
+    defaults = {f.name: UNRECORDED_VALUES.get(f.name, f.default) for f in fields(config_class)
+                if f.default is not MISSING}
     return {k: v for k, v in {**defaults, **settings}.items() if k != drop}
 
 

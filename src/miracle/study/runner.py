@@ -264,8 +264,11 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
     """Train, code, decode and analyse one run; resumable at every stage."""
     run_dir = out / "runs" / spec.name
     done = run_dir / "run.json"
+    settings = json.loads(json.dumps(_compress_config(config, spec).to_dict()))  # as saved: lists, not tuples
     if done.exists():
-        return json.loads(done.read_text())
+        run = json.loads(done.read_text())
+        _check_unchanged(run_dir, run.get("settings", settings), settings)
+        return run
     test = _data(config, spec, data_dir)[1]  # the validation split for a tuning run
     trainer = _trainer(config, spec, run_dir, data_dir)
     trained_path = run_dir / "trained.json"
@@ -292,6 +295,7 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
     s = vmodel.prior.slot_scales().detach()
     run = {
         **trained,
+        "settings": settings,
         "size_bytes": result.size_bytes,
         "decoded_test_accuracy": accuracy(decoded, test),
         "coding_seconds": round(coding_seconds, 2),
@@ -302,6 +306,15 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
     run.update({f"pruning_{order}": curve for order, curve in pruning.items()})
     files.write_json(done, run, indent=1)
     return run
+
+
+def _check_unchanged(run_dir: Path, saved: dict, settings: dict) -> None:
+    """A finished run made with settings the product no longer ships (a default that changed)
+    would compare an old product with the new one: it is refused, never silently reused."""
+    changed = sorted(name for name in settings.keys() | saved.keys() if saved.get(name) != settings.get(name))
+    if changed:
+        raise InvalidInput(f"{run_dir} was made with other settings ({', '.join(changed)}) than the product's "
+                           "current ones; delete that folder to run it again")
 
 
 def _baselines(out: Path, config: StudyConfig) -> dict | None:
