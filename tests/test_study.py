@@ -337,7 +337,8 @@ def test_a_run_killed_after_training_codes_without_training_again(tmp_path, mnis
     assert again["decoded_test_accuracy"] == run["decoded_test_accuracy"]
 
 
-def test_a_finished_run_made_with_other_settings_is_refused(tmp_path, mnist_root):
+def test_a_finished_run_made_with_other_settings_is_refused_before_any_work(tmp_path, mnist_root):
+    open_study(tmp_path, TINY, "tiny")
     spec = RunSpec("mean-kl", TINY.budget, 0)
     run = execute_run(TINY, spec, tmp_path, str(mnist_root))
     assert run["settings"]["mean_share"] == CompressConfig().mean_share
@@ -346,6 +347,9 @@ def test_a_finished_run_made_with_other_settings_is_refused(tmp_path, mnist_root
     done.write_text(json.dumps({**run, "settings": {**run["settings"], "mean_share": 0.95}}))
     with pytest.raises(InvalidInput, match="other settings \\(mean_share\\).*delete that folder"):
         execute_run(TINY, spec, tmp_path, str(mnist_root))
+    with pytest.raises(InvalidInput, match="other settings"):
+        run_study(TINY, tmp_path, "tiny", str(mnist_root), log=lambda line: None)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [spec.name]  # no other run was started
 
 
 def test_a_tuning_run_is_trained_and_judged_without_the_test_set(tmp_path, mnist_root, monkeypatch):

@@ -262,13 +262,10 @@ def _train_with_curve(trainer: Trainer, run_dir: Path, test, eval_every: int, pr
 def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | None = None,
                 progress: bool = False) -> dict:
     """Train, code, decode and analyse one run; resumable at every stage."""
+    finished = finished_run(config, spec, out)
+    if finished is not None:
+        return finished
     run_dir = out / "runs" / spec.name
-    done = run_dir / "run.json"
-    settings = json.loads(json.dumps(_compress_config(config, spec).to_dict()))  # as saved: lists, not tuples
-    if done.exists():
-        run = json.loads(done.read_text())
-        _check_unchanged(run_dir, run.get("settings", settings), settings)
-        return run
     test = _data(config, spec, data_dir)[1]  # the validation split for a tuning run
     trainer = _trainer(config, spec, run_dir, data_dir)
     trained_path = run_dir / "trained.json"
@@ -295,7 +292,7 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
     s = vmodel.prior.slot_scales().detach()
     run = {
         **trained,
-        "settings": settings,
+        "settings": _settings(config, spec),
         "size_bytes": result.size_bytes,
         "decoded_test_accuracy": accuracy(decoded, test),
         "coding_seconds": round(coding_seconds, 2),
@@ -304,17 +301,29 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
     pruning = pruning_curves(decoded, vmodel, test, config.prune_fractions, spec.seed)
     run["pruning"] = pruning.pop("magnitude")
     run.update({f"pruning_{order}": curve for order, curve in pruning.items()})
-    files.write_json(done, run, indent=1)
+    files.write_json(run_dir / "run.json", run, indent=1)
     return run
 
 
-def _check_unchanged(run_dir: Path, saved: dict, settings: dict) -> None:
-    """A finished run made with settings the product no longer ships (a default that changed)
-    would compare an old product with the new one: it is refused, never silently reused."""
+def _settings(config: StudyConfig, spec: RunSpec) -> dict:
+    return json.loads(json.dumps(_compress_config(config, spec).to_dict()))  # as saved: lists, not tuples
+
+
+def finished_run(config: StudyConfig, spec: RunSpec, out: Path) -> dict | None:
+    """A finished run's figures, or None. One made with settings the product no longer ships (a
+    default that changed) would compare an old product with the new one: it is refused, never
+    silently reused. (Runs from before settings were recorded are taken as they are.)"""
+    done = out / "runs" / spec.name / "run.json"
+    if not done.exists():
+        return None
+    run = json.loads(done.read_text())
+    settings = _settings(config, spec)
+    saved = run.get("settings", settings)
     changed = sorted(name for name in settings.keys() | saved.keys() if saved.get(name) != settings.get(name))
     if changed:
-        raise InvalidInput(f"{run_dir} was made with other settings ({', '.join(changed)}) than the product's "
+        raise InvalidInput(f"{done.parent} was made with other settings ({', '.join(changed)}) than the product's "
                            "current ones; delete that folder to run it again")
+    return run
 
 
 def _baselines(out: Path, config: StudyConfig) -> dict | None:
@@ -348,6 +357,8 @@ def _exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
 
 
 def _run_all(config, specs, out, data_dir, jobs, log) -> dict[RunSpec, dict]:
+    for spec in specs:  # a stale run is refused before any work, not after the others
+        finished_run(config, spec, out)
     results: dict[RunSpec, dict] = {}
     if jobs == 1:
         for spec in specs:
