@@ -30,6 +30,8 @@ HEADLINE = [
     ("LeNet-5, MNIST, Mean-KL, `--preset fast --mean-share 0.95`",
      "schedule/lenet5-relu-mnist-1.52KB-mean-kl-fast-summary.json"),
     ("LeNet-5, MNIST, Mean-Var, `--preset fast`", "schedule/lenet5-relu-mnist-1.52KB-mean-var-fast-summary.json"),
+    ("LeNet-5, MNIST, Mean-KL, `--preset fast --steps 30000`",
+     "schedule/lenet5-relu-mnist-3.03KB-mean-kl-fast-steps30k-share05-summary.json"),
     ("LeNet-5, MNIST, Mean-KL, `--preset fast --blocks-per-group 20 --mean-share 0.95`",
      "schedule/lenet5-relu-mnist-3.03KB-mean-kl-fast-bpg20-summary.json"),
     ("LeNet-5, MNIST, Mean-KL, 40,000 steps, `--index-budget 1.5KB --mean-share 0.95`",
@@ -142,8 +144,9 @@ def headline_row(what: str, name: str) -> str | None:
         error = _spread(r["test_error"], 100, 2) + "%"
         each = ", ".join(f"{100 * e:.2f}%" for e in r["test_error"]["each"])
         size = f"≤ {max(r['size_bytes']['each']):,}"
-        wall = _spread(r["seconds"], 1 / 60, 1) + " min"
-        if len(set(r["threads"])) > 1:  # wall times only compare at the same thread count
+        threads = set(r["threads"])
+        wall = _spread(r["seconds"], 1 / 60, 1) + " min" + (" (1 thread)" if threads == {1} else "")
+        if len(threads) > 1:  # wall times only compare at the same thread count
             wall = "; ".join(f"{s / 60:.1f} min ({n} thread{'s' * (n > 1)})"
                              for s, n in zip(r["seconds"]["each"], r["threads"]))
         return (f"| {what} | {size} | {error} ({each}) | {wall} | {seeds_of(r)} | "
