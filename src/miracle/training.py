@@ -304,8 +304,8 @@ class Trainer:
         return 1000 * self.seconds / max(self.step, 1)
 
 
-# Settings whose default changed after checkpoints stopped omitting them: a checkpoint without
-# one was trained with the value here, not with today's default.
+# What a checkpoint written before a setting existed was trained with, where that is no longer
+# the setting's default.
 UNRECORDED_VALUES = {"mean_share": 0.95}
 
 
