@@ -30,6 +30,8 @@ HEADLINE = [
     ("LeNet-5, MNIST, Mean-KL, `--preset fast --mean-share 0.95`",
      "schedule/lenet5-relu-mnist-1.52KB-mean-kl-fast-summary.json"),
     ("LeNet-5, MNIST, Mean-Var, `--preset fast`", "schedule/lenet5-relu-mnist-1.52KB-mean-var-fast-summary.json"),
+    ("LeNet-5, MNIST, Mean-KL, `--preset fast --steps 30000 --blocks-per-group 20`",
+     "schedule/lenet5-relu-mnist-3.03KB-mean-kl-fast-steps30k-bpg20-summary.json"),
     ("LeNet-5, MNIST, Mean-KL, `--preset fast --steps 30000`",
      "schedule/lenet5-relu-mnist-3.03KB-mean-kl-fast-steps30k-share05-summary.json"),
     ("LeNet-5, MNIST, Mean-KL, `--preset fast --blocks-per-group 20 --mean-share 0.95`",
