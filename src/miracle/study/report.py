@@ -194,8 +194,9 @@ def plot_size_vs_error(fig_json: dict, out: Path) -> None:
     sizes += [p["size_bytes"] for points in baselines.values() for p in points]
     # 1.5k and 2k would overlap their neighbours on an axis that reaches the baselines' sizes.
     kilobyte_ticks = (1000, 1500, 2000, 3000) if max(sizes) < 30 * min(sizes) else (1000, 3000)
-    ax.set_xticks(_ticks_within((*kilobyte_ticks, 10_000, 30_000, 100_000, 300_000, 1_000_000, 3_000_000),
-                                sizes, 1.5))
+    x_ticks = _ticks_within((*kilobyte_ticks, 10_000, 30_000, 100_000, 300_000, 1_000_000, 3_000_000), sizes, 1.5)
+    ax.set_xticks(x_ticks)
+    ax.set_xlim(min(sizes + x_ticks) / 1.3, max(sizes + x_ticks) * 1.3)  # one budget alone would leave a decade blank
     errors = [100 * p["test_error"]["mean"] for p in fig_json["ours"]] + [100 * p["test_error"] for p in
                                                                           fig_json["published"]]
     errors += [100 * p["test_error"] for points in baselines.values() for p in points]
