@@ -24,7 +24,7 @@ README = ROOT / "README.md"
 PROVENANCE_KEYS = ("command", "git_commit", "date", "machine")
 STUDY = RESULTS / "study-full"  # the study on the shipped settings, one folder per part
 
-# The README's headline rows: (what, result file, how to read the seeds' figures).
+# The README's headline rows: (what, result file).
 HEADLINE = [
     ("LeNet-5, MNIST, Mean-KL, `--preset fast`", "schedule/lenet5-relu-mnist-1.52KB-mean-kl-fast-share05-summary.json"),
     ("LeNet-5, MNIST, Mean-Var, `--preset fast`", "schedule/lenet5-relu-mnist-1.52KB-mean-var-fast-summary.json"),
