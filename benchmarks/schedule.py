@@ -5,8 +5,10 @@ mean and standard deviation.
 
 Each seed writes ``<out>/<name>-seed<S>.mrc`` and the compress command's JSON summary beside it
 (its command, commit, date, seed and wall time); a seed whose JSON exists is not run again, so
-the same command resumes. ``<out>/<name>-summary.json`` gathers every seed's figures. The runs
-are sequential: a wall time is only comparable with one heavy process on the machine.
+the same command resumes. ``<out>/<name>-summary.json`` gathers the figures of the seeds given.
+The runs are sequential: a wall time is only comparable with one heavy process on the machine.
+To use two cores for two seeds, start one command per seed with ``-- --threads 1``, then run it
+once more with every seed: it runs nothing again and writes the summary of all of them.
 """
 
 from __future__ import annotations
