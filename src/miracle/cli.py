@@ -260,7 +260,7 @@ def print_compress_summary(s: dict) -> None:
         f"{s['output']}: {s['size_bytes']} bytes, everything included ({s['index_bytes']} of them indices: "
         f"{s['blocks']} blocks x {s['bits_per_block']} bits), {s['ratio']:.0f}x smaller than float32\n"
         f"test error of the decoded file: {100 * s['test_error']:.2f}% on {s['dataset']}\n"
-        f"wall time: {s['seconds']:.0f} s ({s['threads']} threads"
+        f"wall time: {s['seconds']:.0f} s ({s['threads']} thread{'s' if s['threads'] != 1 else ''}"
         + (f" in each of {s['processes']} processes)" if s["processes"] > 1 else ")")
     )
     if s["uncoded_bytes"]:
