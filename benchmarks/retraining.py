@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=CompressConfig.blocks_per_group)
     parser.add_argument("--retrain", type=int, default=CompressConfig.retrain_steps)
     parser.add_argument("--retrain-lr", type=float, default=None)
+    parser.add_argument("--retrain-lr-schedule", default=CompressConfig.retrain_lr_schedule)
     parser.add_argument("--rule", default=CompressConfig.rule)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -37,7 +38,7 @@ def main() -> None:
     identity = state["identity"]
     config = CompressConfig.from_dict(identity["config"]).replace(
         steps=state["step"], blocks_per_group=args.group, retrain_steps=args.retrain, retrain_lr=args.retrain_lr,
-        rule=args.rule)
+        retrain_lr_schedule=args.retrain_lr_schedule, rule=args.rule)
     train, test = load(identity["dataset"], "train"), load(identity["dataset"], "test")
     trainer = build_trainer(create_model(identity["model"], config.seed), train, config, None,
                             model_name=identity["model"], data_name=identity["dataset"])

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import re
 import signal
@@ -85,6 +86,16 @@ def test_retraining_runs_at_its_own_learning_rate(tmp_path, small_train, retrain
     schedule = TrainConfig(steps=20)  # the training before coding keeps its own schedule
     assert [r["lr"] for r in training] == [schedule.learning_rate("mean-kl", step) for step in range(20)]
     assert all(r["blocks_coded"] == 0 for r in training)
+
+
+def test_cosine_retraining_decays_over_the_whole_coding(tmp_path, small_train):
+    _compress_tiny(tmp_path, small_train, steps=20, retrain_steps=3, retrain_lr=0.02, retrain_lr_schedule="cosine")
+    records = [json.loads(line) for line in (tmp_path / "tiny.mrc.work" / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["lr"] for r in records[20:]]
+    assert len(rates) == 3 * 4
+    assert rates[0] == pytest.approx(0.02)
+    assert all(a > b for a, b in zip(rates, rates[1:]))  # one decay through every group, not one per group
+    assert rates[-1] == pytest.approx(0.02 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 11 / 12))))
 
 
 def test_the_readme_example_runs(tmp_path, mnist_root, monkeypatch):

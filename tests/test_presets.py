@@ -42,5 +42,5 @@ def test_every_preset_option_is_a_configuration_field_and_an_explicit_option_win
 
 
 def test_an_unknown_preset_names_the_known_ones():
-    with pytest.raises(InvalidInput, match=re.escape("unknown preset 'slow'; choose one of demo, fast")):
+    with pytest.raises(InvalidInput, match=re.escape("unknown preset 'slow'; choose one of demo, fast, augmented")):
         get_preset("slow")

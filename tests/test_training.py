@@ -32,9 +32,10 @@ def test_short_run_on_real_mnist_lowers_the_loss(param, mnist_train, tmp_path):
         assert all(abs(v - 16) < 1e-3 for v in records[19]["kl_bits_per_block"])
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(mnist_train, tmp_path):
+@pytest.mark.parametrize("random_shift_px", [0, 2])
+def test_resume_continues_exactly_like_an_uninterrupted_run(mnist_train, tmp_path, random_shift_px):
     small = Split(mnist_train.images[:600], mnist_train.labels[:600])
-    config = dict(batch_size=20, checkpoint_every=10, seed=3)
+    config = dict(batch_size=20, checkpoint_every=10, seed=3, random_shift_px=random_shift_px)
     whole = Trainer(_vmodel("mean-var"), small, TrainConfig(steps=30, **config), tmp_path / "a")
     whole.run(progress=False)
     interrupted = Trainer(_vmodel("mean-var"), small, TrainConfig(steps=30, **config), tmp_path / "b")
@@ -126,3 +127,13 @@ def test_a_checkpoint_from_before_a_new_training_setting_still_resumes(mnist_tra
     with pytest.raises(Exception, match="other settings"):  # a setting that differs is still refused
         Trainer(_vmodel("mean-kl", mean_share=0.95), small, TrainConfig(steps=6, batch_size=50, weight_samples=2),
                 tmp_path).run(progress=False)
+
+
+def test_random_shifts_change_the_batches_training_sees(mnist_train):
+    small = Split(mnist_train.images[:200], mnist_train.labels[:200])
+    weights = {}
+    for px in (0, 2):
+        trainer = Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=3, batch_size=20, random_shift_px=px))
+        trainer.run(progress=False)
+        weights[px] = torch.cat([p.detach().flatten() for p in trainer.vmodel.parameters()])
+    assert not torch.equal(weights[0], weights[2])

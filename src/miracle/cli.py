@@ -57,12 +57,16 @@ def _config_options(p: argparse.ArgumentParser, coding: bool) -> None:
     add("--kl-anneal-from", type=float,
         help="start with every block's budget this many times wider (default 1: no annealing)")
     add("--kl-anneal-steps", type=int, help="training steps over which the budget narrows to the real one")
+    add("--random-shift-px", type=int,
+        help="move each training image by up to this many pixels along each axis (default 0: no shifts)")
     add("--checkpoint-every", type=int, help=f"training steps between two checkpoints (default {d.checkpoint_every})")
     if coding:
         add("--blocks-per-group", type=int, help=f"blocks coded between two retrainings (default {d.blocks_per_group})")
         add("--retrain-steps", type=int, help=f"retraining steps between groups (default {d.retrain_steps})")
         add("--retrain-lr", type=float,
             help="Adam learning rate of retraining between groups (default 1e-2 Mean-KL, 1e-3 Mean-Var)")
+        add("--retrain-lr-schedule", choices=LR_SCHEDULES,
+            help=f"constant, or cosine: decays over the whole coding (default {d.retrain_lr_schedule})")
         add("--rule", choices=coder.RULES, help=f"how the sender picks a candidate (default {d.rule}; see the README)")
     add("--seed", type=int, help="seed of every random choice of the run (default 0)")
     p.add_argument("--preset", default=None,

@@ -44,11 +44,13 @@ class CompressConfig:
     weight_samples: int = TrainConfig.weight_samples
     kl_anneal_from: float = TrainConfig.kl_anneal_from
     kl_anneal_steps: int = TrainConfig.kl_anneal_steps
+    random_shift_px: int = TrainConfig.random_shift_px
     checkpoint_every: int = TrainConfig.checkpoint_every
     # Coding.
     blocks_per_group: int = CodingConfig.blocks_per_group
     retrain_steps: int = CodingConfig.retrain_steps
     retrain_lr: float | None = CodingConfig.retrain_lr
+    retrain_lr_schedule: str = CodingConfig.retrain_lr_schedule
     rule: str = CodingConfig.rule
     # Every random choice of the run (initialisation, batches, noise, layout, coder).
     seed: int = 0
@@ -108,11 +110,12 @@ class CompressConfig:
     def training(self) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, lr_schedule=self.lr_schedule,
                            seed=self.seed, weight_samples=self.weight_samples, kl_anneal_from=self.kl_anneal_from,
-                           kl_anneal_steps=self.kl_anneal_steps, checkpoint_every=self.checkpoint_every)
+                           kl_anneal_steps=self.kl_anneal_steps, random_shift_px=self.random_shift_px,
+                           checkpoint_every=self.checkpoint_every)
 
     def coding(self) -> CodingConfig:
         return CodingConfig(self.blocks_per_group, self.retrain_steps, self.rule, coder_seed=self.seed,
-                            sender_seed=self.seed, retrain_lr=self.retrain_lr)
+                            sender_seed=self.seed, retrain_lr=self.retrain_lr, retrain_lr_schedule=self.retrain_lr_schedule)
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -128,4 +131,4 @@ class CompressConfig:
 
 CONFIG_FIELDS = tuple(f.name for f in fields(CompressConfig))
 # The options that may still change once training is over (``compress --from``).
-CODING_FIELDS = ("blocks_per_group", "retrain_steps", "retrain_lr", "rule")
+CODING_FIELDS = ("blocks_per_group", "retrain_steps", "retrain_lr", "retrain_lr_schedule", "rule")

@@ -8,7 +8,10 @@ Blocks are coded in their index order (a block already mixes weights of every la
 Retraining has its own learning rate. It is not a detail: the blocks not yet coded learn to
 work with the samples already fixed, and in our runs this took the decoded network from the
 accuracy of a posterior sample to that of the posterior mean or beyond
-(results/experiments/retraining.json).
+(results/experiments/retraining.json). At large budgets retraining is most of the run's
+steps, so its rate may follow a cosine over the whole coding, as training's does: the last
+groups are then coded from a network that has settled instead of one still moving at the
+starting rate.
 
 Every stage is resumable: the coded indices and samples live in the model's buffers, which
 are in every checkpoint, and which retraining steps are due follows from the number of blocks
@@ -18,6 +21,7 @@ coded, so a run killed anywhere and started again ends with exactly the same ind
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,7 +29,7 @@ import torch
 from . import coder, distributed
 from .errors import InvalidInput
 from .progress import bar as progress_bar
-from .training import DEFAULT_RETRAIN_LR, Trainer
+from .training import DEFAULT_RETRAIN_LR, LR_SCHEDULES, Trainer, cosine_rate
 
 
 @dataclass
@@ -36,6 +40,7 @@ class CodingConfig:
     coder_seed: int = 0  # the shared randomness (in the file)
     sender_seed: int = 0  # the sender's private choice among candidates (not in the file)
     retrain_lr: float | None = None  # Adam rate of retraining; None: DEFAULT_RETRAIN_LR of the posterior
+    retrain_lr_schedule: str = "constant"  # or "cosine": from retrain_lr at the first group to the last
 
     def __post_init__(self) -> None:
         if self.rule not in coder.RULES:
@@ -44,6 +49,17 @@ class CodingConfig:
             raise InvalidInput("blocks per group must be at least 1 and retraining steps at least 0")
         if self.retrain_lr is not None and not 0 < self.retrain_lr < float("inf"):
             raise InvalidInput(f"the retraining learning rate must be a positive number, got {self.retrain_lr}")
+        if self.retrain_lr_schedule not in LR_SCHEDULES:
+            raise InvalidInput(f"unknown retraining learning-rate schedule {self.retrain_lr_schedule!r}; "
+                               f"choose {' or '.join(LR_SCHEDULES)}")
+
+    def retraining_rate(self, base_lr: float, num_blocks: int, first_step: int) -> float | Callable[[int], float]:
+        """The retraining's learning rate: ``base_lr``, or a function of the trainer's step that
+        decays it over all the retraining (which starts at ``first_step``)."""
+        if self.retrain_lr_schedule == "constant":
+            return base_lr
+        total_steps = max((math.ceil(num_blocks / self.blocks_per_group) - 1) * self.retrain_steps, 1)
+        return lambda step: cosine_rate(base_lr, (step - first_step) / total_steps)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +71,9 @@ def code_progressively(trainer: Trainer, config: CodingConfig, progress: bool = 
     vmodel = trainer.vmodel
     vmodel.freeze_prior()
     first_retraining_step = trainer.config.steps
-    retrain_lr = config.retrain_lr if config.retrain_lr is not None else DEFAULT_RETRAIN_LR[vmodel.config.param]
+    retrain_lr = config.retraining_rate(
+        config.retrain_lr if config.retrain_lr is not None else DEFAULT_RETRAIN_LR[vmodel.config.param],
+        vmodel.num_blocks, first_retraining_step)
     bar = progress_bar(total=vmodel.num_blocks, initial=int(vmodel.coded.sum()), desc="coding", unit="block",
                        enabled=progress and distributed.is_main())
     try:

@@ -9,8 +9,8 @@ beta_b = 1 is the exact ELBO. Mean-KL has a constant KL (the term has no gradien
 Mean-Var anneals its betas after every step (:class:`miracle.posteriors.MeanVar`).
 
 Every random choice is derived from ``seed``: the batches of epoch e from (seed, e) (see
-:mod:`miracle.batches` for a user's own DataLoader), the weight noise of step t from
-(seed, t). A run resumed from a checkpoint therefore continues exactly as the uninterrupted
+:mod:`miracle.batches` for a user's own DataLoader), the weight noise and the images' random
+shifts of step t from (seed, t). A run resumed from a checkpoint therefore continues exactly as the uninterrupted
 run would have.
 """
 
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from . import distributed, files, memory
+from .augmentation import random_shift
 from .batches import accuracy, to_device, training_batches
 from .errors import InvalidInput, MiracleError
 from .progress import bar as progress_bar
@@ -77,12 +78,15 @@ class TrainConfig:
     # the KL, then with it; for Mean-KL this is the way to start from a less noisy network).
     kl_anneal_from: float = 1.0
     kl_anneal_steps: int = 0
+    random_shift_px: int = 0  # training images moved by up to this many pixels (miracle.augmentation)
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise InvalidInput(f"unknown learning-rate schedule {self.lr_schedule!r}; choose {' or '.join(LR_SCHEDULES)}")
         if not (self.kl_anneal_from >= 1 and 0 <= self.kl_anneal_steps < self.steps):
             raise MiracleError("KL annealing must start at a budget scale of at least 1 and end before the last step")
+        if self.random_shift_px < 0:
+            raise InvalidInput(f"random shifts must be 0 pixels or more, got {self.random_shift_px}")
         if not 1 <= self.weight_samples <= self.batch_size:
             raise MiracleError(f"weight samples per step must be between 1 and the batch size, got {self.weight_samples}")
 
@@ -97,9 +101,13 @@ class TrainConfig:
         base = self.lr if self.lr is not None else DEFAULT_LR[param]
         if self.lr_schedule == "constant":
             return base
-        final = base * self.final_lr_fraction
-        progress = min(step, self.steps) / self.steps
-        return final + (base - final) * 0.5 * (1 + math.cos(math.pi * progress))
+        return cosine_rate(base, step / self.steps, self.final_lr_fraction)
+
+
+def cosine_rate(base: float, progress: float, final_fraction: float = TrainConfig.final_lr_fraction) -> float:
+    """``base`` decayed on a half cosine to ``final_fraction * base`` at ``progress`` 1 (and after)."""
+    final = base * final_fraction
+    return final + (base - final) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 def evaluate_posterior(vmodel: VariationalModel, data, seed: int = 0) -> dict:
@@ -209,6 +217,8 @@ class Trainer:
         vm, cfg = self.vmodel, self.config
         device = vm.coded.device
         inputs, targets = (to_device(t, device) for t in self.batches.batch(self.step))
+        if cfg.random_shift_px:
+            inputs = random_shift(inputs, cfg.random_shift_px, derived_generator(cfg.seed, 6, distributed.rank(), self.step))
         budget_scale = cfg.budget_scale(self.step)
         mean_std = vm.block_mean_std(budget_scale)  # once per step: Mean-KL's Lambert W is not cheap
         outputs = torch.cat([
@@ -263,9 +273,10 @@ class Trainer:
         return derived_generator(self.config.seed, 2, self.step, *([sample] if sample else []))
 
     def train_until(self, target_step: int, progress: bool = True, desc: str = "training",
-                    lr: float | None = None, transient: bool = False) -> None:
-        """Train until ``target_step`` steps are done in all (at ``lr`` if given, else on the
-        schedule); checkpoints on the way. A ``transient`` run shows progress only on a terminal."""
+                    lr: float | Callable[[int], float] | None = None, transient: bool = False) -> None:
+        """Train until ``target_step`` steps are done in all (at ``lr``, a rate or a function of
+        the step, if given, else on the schedule); checkpoints on the way. A ``transient`` run
+        shows progress only on a terminal."""
         if self.step >= target_step:
             return
         metrics = files.LineLog(self.out_dir / METRICS_NAME) if self.writes else None
@@ -274,7 +285,7 @@ class Trainer:
         try:
             while self.step < target_step:
                 start = time.perf_counter()
-                record = self.train_step(lr)
+                record = self.train_step(lr(self.step) if callable(lr) else lr)
                 self.seconds += time.perf_counter() - start
                 record["seconds"] = round(self.seconds, 3)
                 if metrics:
