@@ -1,11 +1,9 @@
 """Random shifts of training images: each image of a batch moved by its own offset of up to
 ``max_shift_px`` pixels along each axis, the uncovered border filled with zeros.
 
-A network that has seen every digit a pixel or two off-centre generalises better, and for a
-compressed network that matters more than for a plain one: the coded weights are a sample of
-the posterior, and retraining between coded groups keeps fitting the training set
-(results/schedule/, the `augmented` preset). Only training and retraining see shifted
-images; evaluation never does.
+Training and the retraining between coded groups see shifted images; evaluation never does.
+On LeNet-5 at 3.03 KB the shifts took the decoded files from 0.74 to 0.66% error without a
+better posterior before coding (docs/method.md, "What the measurements say").
 """
 
 from __future__ import annotations
