@@ -29,6 +29,8 @@ HEADLINE = [
     ("LeNet-5, MNIST, Mean-KL, `--preset fast`", "schedule/lenet5-relu-mnist-1.52KB-mean-kl-fast-share05-summary.json"),
     ("LeNet-5, MNIST, Mean-Var, `--preset fast`", "schedule/lenet5-relu-mnist-1.52KB-mean-var-fast-summary.json"),
     ("LeNet-5, MNIST, Mean-KL, `--preset augmented`",
+     "schedule/lenet5-relu-mnist-1.52KB-mean-kl-augmented-summary.json"),
+    ("LeNet-5, MNIST, Mean-KL, `--preset augmented`",
      "schedule/lenet5-relu-mnist-3.03KB-mean-kl-augmented-summary.json"),
     ("LeNet-5, MNIST, Mean-KL, `--preset demo`", "schedule/lenet5-relu-mnist-3.03KB-mean-kl-demo-summary.json"),
     ("LeNet-5, MNIST, Mean-KL, `--preset demo --steps 10000 --blocks-per-group 10`",
