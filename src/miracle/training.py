@@ -10,8 +10,8 @@ Mean-Var anneals its betas after every step (:class:`miracle.posteriors.MeanVar`
 
 Every random choice is derived from ``seed``: the batches of epoch e from (seed, e) (see
 :mod:`miracle.batches` for a user's own DataLoader), the weight noise and the images' random
-shifts of step t from (seed, t). A run resumed from a checkpoint therefore continues exactly as the uninterrupted
-run would have.
+shifts of step t from (seed, t). A run resumed from a checkpoint therefore continues exactly
+as the uninterrupted run would have.
 """
 
 from __future__ import annotations
