@@ -13,21 +13,21 @@ from __future__ import annotations
 
 from .errors import InvalidInput
 
+# The README's first command, meant for about six minutes of two cores (10,400 steps): 1.07%
+# at 1.52 KB in 6.0 minutes (results/demo-lenet5-relu-mnist.json). At 3.03 KB: 0.74% over
+# five seeds (results/schedule/lenet5-relu-mnist-3.03KB-mean-kl-demo-*).
+_DEMO = dict(steps=5000, kl_anneal_from=32.0, kl_anneal_steps=2000, blocks_per_group=20, retrain_steps=150,
+             rule="greedy", random_shift_px=0)
+
 PRESETS: dict[str, dict] = {
-    # The README's first command, meant for about six minutes of two cores (10,400 steps): 1.07%
-    # at 1.52 KB in 6.0 minutes (results/demo-lenet5-relu-mnist.json). At 3.03 KB: 0.74% over
-    # five seeds (results/schedule/lenet5-relu-mnist-3.03KB-mean-kl-demo-*).
-    "demo": dict(steps=5000, kl_anneal_from=32.0, kl_anneal_steps=2000, blocks_per_group=20, retrain_steps=150,
-                 rule="greedy", random_shift_px=0),
+    "demo": _DEMO,
     # LeNet-5 at 1.52 KB in about 17 minutes of two cores: 0.93% over three seeds
     # (results/schedule/lenet5-relu-mnist-1.52KB-mean-kl-fast-share05-*).
-    "fast": dict(steps=20000, kl_anneal_from=32.0, kl_anneal_steps=5000, blocks_per_group=10, retrain_steps=150,
-                 rule="greedy", random_shift_px=0),
+    "fast": dict(_DEMO, steps=20000, kl_anneal_steps=5000, blocks_per_group=10),
     # The demo schedule on training images shifted by up to 2 pixels (image data only): LeNet-5
     # at 3.03 KB, 0.66% over five seeds, 9.3 minutes for seed 0
     # (results/schedule/lenet5-relu-mnist-3.03KB-mean-kl-augmented-*).
-    "augmented": dict(steps=5000, kl_anneal_from=32.0, kl_anneal_steps=2000, blocks_per_group=20, retrain_steps=150,
-                      rule="greedy", random_shift_px=2),
+    "augmented": dict(_DEMO, random_shift_px=2),
 }
 
 
