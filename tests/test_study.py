@@ -14,7 +14,7 @@ import torch
 from conftest import run_cli
 from miracle.config import CompressConfig
 from miracle.errors import InvalidInput
-from miracle.study import StudyConfig, get_preset, part_name, run_study, write_report
+from miracle.study import StudyConfig, get_preset, part_name, run_study, write_index, write_report
 from miracle.study.figures import FIGURE_FILES, write_figures
 from miracle.study.runner import RunSpec, _trainer, check_config, choose_mean_var, execute_run, open_study
 from miracle.study.stats import (excess_kurtosis, hill_tail_index, histogram, mean_and_spread,
@@ -170,9 +170,38 @@ def test_report_is_built_from_the_json_files_alone(tmp_path):
     assert cost["process_seconds_by_kind"] == {"Mean-KL": 240.0, "Mean-Var": 240.0, "Mean-Var trials": 120.0,
                                                "Mean-KL ablation": 60.0}
     assert "11 runs, 0.2 hours" in text
+    assert cost["wall_seconds_from_scratch"] is None and "wall time from scratch was not measured" in text
     for png in ("convergence_steps", "convergence_seconds", "annealing", "tails", "pruning", "size_vs_error"):
         assert (report_dir / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"({png}.png)" in text
+
+
+def test_the_wall_time_from_scratch_adds_up_the_invocations_and_needs_the_first(tmp_path):
+    summary = _fixture_summary()
+    summary["wall_time"] = [{"date": "d", "git_commit": "c", "jobs": 2, "runs_finished_before": 0, "seconds": 5400.0,
+                             "runs_finished": 7},
+                            {"date": "d", "git_commit": "c", "jobs": 2, "runs_finished_before": 7, "seconds": 1800.0,
+                             "runs_finished": 4}]
+    write_figures(summary, tmp_path / "json")
+    assert json.loads((tmp_path / "json" / "cost.json").read_text())["wall_seconds_from_scratch"] == 7200.0
+    assert "Wall time from scratch: 2.00 hours, measured, in 2 invocation(s) with --jobs 2." in \
+        write_report(tmp_path / "json", tmp_path / "report").read_text()
+    summary["wall_time"] = summary["wall_time"][1:]  # the part's first runs were made before any logged invocation
+    write_figures(summary, tmp_path / "json")
+    assert json.loads((tmp_path / "json" / "cost.json").read_text())["wall_seconds_from_scratch"] is None
+
+
+def test_the_index_sums_the_wall_time_only_when_every_part_has_it(tmp_path):
+    summary = _fixture_summary()
+    write_figures(summary, tmp_path / "unmeasured" / "json")
+    summary["wall_time"] = [{"date": "d", "git_commit": "c", "jobs": 2, "runs_finished_before": 0, "seconds": 3600.0,
+                             "runs_finished": 11}]
+    write_figures(summary, tmp_path / "measured" / "json")
+    both = write_index(tmp_path, "fixture", [tmp_path / "measured", tmp_path / "unmeasured"]).read_text()
+    assert "0.4 hours of training and coding summed over the runs; wall time from scratch measured for 1 of 2 parts" in both
+    assert "11 runs, 0.2 hours of training and coding, 1.00 hours of wall time from scratch." in both
+    one = write_index(tmp_path, "fixture", [tmp_path / "measured"]).read_text()
+    assert "1.00 hours of wall time from scratch, measured." in one
 
 
 def test_baselines_join_the_size_figure_and_report(tmp_path):
@@ -447,6 +476,13 @@ def test_rerunning_a_finished_study_resumes_instead_of_starting_over(tmp_path, m
     assert again["runs"] == first["runs"]
     assert again["seconds_this_invocation"] < first["seconds_this_invocation"]
     assert (write_report(out / "json", out)).exists()
+    # Both invocations are in the wall-time log; the part's wall time from scratch is their sum.
+    total = len(first["runs"])
+    log = json.loads((out / "wall_time.json").read_text())
+    assert [(i["runs_finished_before"], i["runs_finished"]) for i in log] == [(0, total), (total, 0)]
+    assert log[0]["seconds"] >= first["seconds_this_invocation"] - 1
+    cost = json.loads((out / "json" / "cost.json").read_text())
+    assert cost["wall_seconds_from_scratch"] == pytest.approx(log[0]["seconds"] + log[1]["seconds"], abs=0.2)
 
 
 @pytest.mark.slow

@@ -220,7 +220,8 @@ def size_vs_error(summary: dict) -> dict:
 
 
 def cost(summary: dict) -> dict:
-    """What the runs cost: training and coding seconds, each run in its own one-thread process."""
+    """What the runs cost: training and coding seconds summed over runs, and the part's wall
+    time as its invocations measured it (``runner.WallTimeLog``)."""
     def kind(spec: dict) -> str:
         return ("Mean-Var trials" if spec.get("tuning") else "Mean-KL ablation" if spec.get("form")
                 else LABELS_BY_PARAM[spec["param"]])
@@ -229,10 +230,17 @@ def cost(summary: dict) -> dict:
     for run in summary["runs"].values():
         k = kind(run["spec"])
         seconds[k] = seconds.get(k, 0.0) + run["train_seconds"] + run["coding_seconds"]
+    invocations = summary.get("wall_time", [])
+    # From scratch: the first logged invocation found no finished run (parts run before the log
+    # existed have none, or start with runs already made).
+    from_scratch = bool(invocations) and invocations[0]["runs_finished_before"] == 0
     return {"runs": len(summary["runs"]), "process_seconds": round(sum(seconds.values()), 1),
             "process_seconds_by_kind": {k: round(v, 1) for k, v in seconds.items()},
-            "note": "seconds of training and coding summed over runs, one thread each; run two at a time "
-                    "(--jobs 2) on two cores, the wall time is about half"}
+            "wall_seconds_from_scratch": round(sum(i["seconds"] for i in invocations), 1) if from_scratch else None,
+            "invocations": [{k: i[k] for k in ("date", "git_commit", "jobs", "seconds", "runs_finished")}
+                            for i in invocations],
+            "note": "process seconds: training and coding summed over runs, evaluation not counted; wall "
+                    "seconds: the invocations' own clocks, everything included"}
 
 
 FIGURES = {"convergence": convergence, "annealing": annealing, "compression": compression, "ablation": ablation,

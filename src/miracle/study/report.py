@@ -332,10 +332,20 @@ def write_markdown(figs: dict, out: Path) -> None:
         lines += ["", f"The plainly trained network the baselines start from: {100 * size['baselines_plain_test_error']:.2f}% "
                   "test error uncompressed (`benchmarks/baselines.py`, recorded in `baselines.json`)."]
     cost = figs["cost"]
-    lines += ["", "## 6. Cost", "", f"{cost['runs']} runs, {cost['process_seconds'] / 3600:.1f} hours: {cost['note']}.", "",
-              "| runs of | hours |", "|---|---|",
+    lines += ["", "## 6. Cost", "", f"{cost['runs']} runs, {cost['process_seconds'] / 3600:.1f} hours of training and "
+              f"coding summed over the runs. {_wall_time_sentence(cost)}", "",
+              "| runs of | hours of training and coding |", "|---|---|",
               *[f"| {kind} | {seconds / 3600:.2f} |" for kind, seconds in cost["process_seconds_by_kind"].items()]]
     files.write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _wall_time_sentence(cost: dict) -> str:
+    if cost.get("wall_seconds_from_scratch") is None:
+        return ("Its wall time from scratch was not measured: its runs were made before the study logged wall "
+                "time, or resumed from runs made elsewhere.")
+    jobs = sorted({i["jobs"] for i in cost["invocations"]})
+    return (f"Wall time from scratch: {cost['wall_seconds_from_scratch'] / 3600:.2f} hours, measured, in "
+            f"{len(cost['invocations'])} invocation(s) with --jobs {', '.join(map(str, jobs))}.")
 
 
 def write_report(json_dir: Path, out: Path) -> Path:
@@ -356,18 +366,24 @@ def write_index(out: Path, preset: str, part_dirs: list[Path]) -> Path:
     """``out/report.md``: every part's verdicts, each linked to the part's full report."""
     lines = [f"# Mean-KL against Mean-Var: study `{preset}`", "",
              "Each part is one model on one dataset, with its own report, plots and JSON.", ""]
-    hours = 0.0
+    hours, wall_hours = 0.0, []
     for part in part_dirs:
         figs = load_figures(part / "json")
-        config = figs["verdicts"]["config"]
-        hours += figs["cost"]["process_seconds"] / 3600
+        config, cost = figs["verdicts"]["config"], figs["cost"]
+        hours += cost["process_seconds"] / 3600
+        wall = cost.get("wall_seconds_from_scratch")
+        if wall is not None:
+            wall_hours.append(wall / 3600)
         lines += [f"## {config['model']} on {config['dataset']}", "",
                   f"[Full report]({part.name}/report.md): files of at most "
                   f"{', '.join([config['budget'], *config['other_budgets']])}, {config['seeds']} seeds, "
-                  f"{figs['cost']['runs']} runs, {figs['cost']['process_seconds'] / 3600:.1f} hours of one core.", "",
+                  f"{cost['runs']} runs, {cost['process_seconds'] / 3600:.1f} hours of training and coding"
+                  + (f", {wall / 3600:.2f} hours of wall time from scratch." if wall is not None else "."), "",
                   "| claim | verdict | numbers |", "|---|---|---|",
                   *[f"| {c['claim']} | **{c['verdict']}** | {c['numbers']} |" for c in figs["verdicts"]["claims"]], ""]
-    lines += [f"Cost of the parts above: {hours:.1f} hours of one core, about half that in wall time with "
-              "`--jobs 2` on two cores.", ""]
+    wall_sentence = (f"{sum(wall_hours):.2f} hours of wall time from scratch, measured" if len(wall_hours) == len(part_dirs)
+                     else f"wall time from scratch measured for {len(wall_hours)} of {len(part_dirs)} parts")
+    lines += [f"Cost of the parts above: {hours:.1f} hours of training and coding summed over the runs; "
+              f"{wall_sentence}.", ""]
     files.write_text(out / "report.md", "\n".join(lines))
     return out / "report.md"

@@ -10,6 +10,8 @@ An output directory holds one study::
     OUT/json/*.json            the figures, computed from the run files (see figures.py)
     OUT/baselines.json         optional: post-training baselines of a plainly trained network,
                                written by benchmarks/baselines.py; they join the size figure
+    OUT/wall_time.json         the wall time of every invocation that ran there, kept current
+                               after each finished run
 
 Every run is trained and coded with a schedule the product ships (a preset of
 ``miracle.presets``), at a budget of the whole file. Mean-Var is tuned first: every pair of
@@ -342,6 +344,32 @@ def _baselines(out: Path, config: StudyConfig) -> dict | None:
 
 
 # -- the whole study ----------------------------------------------------------------------------
+WALL_TIME_FILE = "wall_time.json"
+
+
+class WallTimeLog:
+    """The part's wall time, summed over the invocations that ran it: a part run in pieces, or
+    killed and resumed, still adds up. Each invocation has its own entry, written when it starts
+    and rewritten after every finished run, so a killed one loses only the time since its last
+    finished run."""
+
+    def __init__(self, out: Path, jobs: int) -> None:
+        self.path = out / WALL_TIME_FILE
+        self.started = time.perf_counter()
+        self.entries = json.loads(self.path.read_text()) if self.path.exists() else []
+        self.entry = {**provenance(), "jobs": jobs, "runs_finished_before": self._finished(), "seconds": 0.0}
+        self.entries.append(self.entry)
+        self.update()
+
+    def _finished(self) -> int:
+        return sum(1 for _ in self.path.parent.glob("runs/*/run.json"))
+
+    def update(self) -> None:
+        self.entry.update(seconds=round(time.perf_counter() - self.started, 1),
+                          runs_finished=self._finished() - self.entry["runs_finished_before"])
+        files.write_json(self.path, self.entries, indent=1)
+
+
 def _worker_init(threads: int, parent_pid: int) -> None:
     torch.set_num_threads(threads)
     # A parent killed outright (SIGTERM, SIGKILL) cannot stop its pool: without this, the
@@ -356,13 +384,14 @@ def _exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
     os._exit(1)
 
 
-def _run_all(config, specs, out, data_dir, jobs, log) -> dict[RunSpec, dict]:
+def _run_all(config, specs, out, data_dir, jobs, log, wall_time: WallTimeLog) -> dict[RunSpec, dict]:
     for spec in specs:  # a stale run is refused before any work, not after the others
         finished_run(config, spec, out)
     results: dict[RunSpec, dict] = {}
     if jobs == 1:
         for spec in specs:
             results[spec] = execute_run(config, spec, out, data_dir, progress=True)
+            wall_time.update()
             log(_done_line(spec, results[spec]))
         return results
     # Parallel runs with one thread each: two 2-thread processes on 2 cores stall each other.
@@ -372,6 +401,7 @@ def _run_all(config, specs, out, data_dir, jobs, log) -> dict[RunSpec, dict]:
         for future in as_completed(futures):
             spec = futures[future]
             results[spec] = future.result()
+            wall_time.update()
             log(_done_line(spec, results[spec]))
     return results
 
@@ -402,6 +432,7 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
     open_study(out, config, preset)
     baselines = _baselines(out, config)
     started = time.perf_counter()
+    wall_time = WallTimeLog(out, jobs)
     every_run = [(budget, seed) for budget in config.budgets for seed in range(config.seeds)]
     trials = [RunSpec("mean-var", config.budget, 0, eps, lr, tuning=True)
               for lr in config.mean_var_lrs for eps in config.eps_betas]
@@ -410,11 +441,12 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
         mean_kl.append(RunSpec("mean-kl", config.budget, 0, form=config.ablation_form))
     log(f"study {preset}: {len(trials)} Mean-Var trials (learning and annealing rates, judged on a validation "
         f"split) and {len(mean_kl)} Mean-KL runs")
-    first = _run_all(config, trials + mean_kl, out, data_dir, jobs, log)
+    first = _run_all(config, trials + mean_kl, out, data_dir, jobs, log, wall_time)
     chosen = choose_mean_var({t: first[t] for t in trials})
     log(f"Mean-Var setting chosen: learning rate {chosen.lr:g}, annealing rate {chosen.eps_beta:g}")
     mean_var = [replace(chosen, budget=budget, seed=seed, tuning=False) for budget, seed in every_run]
-    runs = {**first, **_run_all(config, mean_var, out, data_dir, jobs, log)}
+    runs = {**first, **_run_all(config, mean_var, out, data_dir, jobs, log, wall_time)}
+    wall_time.update()
     summary = {
         "preset": preset, "config": config.to_dict(), "schedule_options": config.schedule_options(),
         "mean_var_chosen": {"lr": chosen.lr, "eps_beta": chosen.eps_beta},
@@ -424,6 +456,7 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
                  for spec in runs},
         "baselines": baselines,
         "seconds_this_invocation": round(time.perf_counter() - started, 1),
+        "wall_time": wall_time.entries,
         **provenance(),
     }
     write_figures(summary, out / "json")
