@@ -373,11 +373,20 @@ def test_a_finished_run_made_with_other_settings_is_refused_before_any_work(tmp_
     assert run["settings"]["mean_share"] == CompressConfig().mean_share
     assert execute_run(TINY, spec, tmp_path, str(mnist_root)) == run  # unchanged: reused as it is
     done = tmp_path / "runs" / spec.name / "run.json"
+    # Made before two options existed, whose defaults are what every run did then: still the product's.
+    older = {k: v for k, v in run["settings"].items() if k not in ("random_shift_px", "retrain_lr_schedule")}
+    done.write_text(json.dumps({**run, "settings": older}))
+    assert execute_run(TINY, spec, tmp_path, str(mnist_root))["settings"] == older
+    # Made before the share existed: its means could take 0.95, no longer what ships.
+    done.write_text(json.dumps({**run, "settings": {k: v for k, v in run["settings"].items() if k != "mean_share"}}))
+    with pytest.raises(InvalidInput, match="other settings \\(mean_share\\)"):
+        execute_run(TINY, spec, tmp_path, str(mnist_root))
     done.write_text(json.dumps({**run, "settings": {**run["settings"], "mean_share": 0.95}}))
     with pytest.raises(InvalidInput, match="other settings \\(mean_share\\).*delete that folder"):
         execute_run(TINY, spec, tmp_path, str(mnist_root))
     with pytest.raises(InvalidInput, match="other settings"):
         run_study(TINY, tmp_path, "tiny", str(mnist_root), log=lambda line: None)
+    assert not (tmp_path / "wall_time.json").exists()  # a refused invocation did no work to log
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [spec.name]  # no other run was started
 
 

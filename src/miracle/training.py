@@ -164,10 +164,10 @@ class Trainer:
         # More steps may be asked of a finished run; everything else must match.
         from .config import CompressConfig  # it is built on this module's TrainConfig
 
-        comparable = {**identity, "variational": _with_defaults(identity["variational"], VariationalConfig),
-                      "train": _with_defaults(identity["train"], TrainConfig, drop="steps")}
+        comparable = {**identity, "variational": with_unrecorded_settings(identity["variational"], VariationalConfig),
+                      "train": with_unrecorded_settings(identity["train"], TrainConfig, drop="steps")}
         if "config" in identity:
-            comparable["config"] = _with_defaults(identity["config"], CompressConfig, drop="steps")
+            comparable["config"] = with_unrecorded_settings(identity["config"], CompressConfig, drop="steps")
         return comparable
 
     def save_checkpoint(self) -> None:
@@ -322,10 +322,10 @@ class Trainer:
 UNRECORDED_VALUES = {"mean_share": 0.95}
 
 
-def _with_defaults(settings: dict, config_class, drop: str | None = None) -> dict:
-    """A checkpoint's settings with those added since it was written at the values it was
-    trained with (their defaults, or ``UNRECORDED_VALUES``); ``drop`` leaves one setting out of
-    the comparison."""
+def with_unrecorded_settings(settings: dict, config_class, drop: str | None = None) -> dict:
+    """Settings recorded by a checkpoint or a result, with those added since it was written at
+    the values it was made with (their defaults, or ``UNRECORDED_VALUES``); ``drop`` leaves one
+    setting out of the comparison."""
     defaults = {f.name: UNRECORDED_VALUES.get(f.name, f.default) for f in fields(config_class)
                 if f.default is not MISSING}
     return {k: v for k, v in {**defaults, **settings}.items() if k != drop}

@@ -381,8 +381,10 @@ def write_index(out: Path, preset: str, part_dirs: list[Path]) -> Path:
                   + (f", {wall / 3600:.2f} hours of wall time from scratch." if wall is not None else "."), "",
                   "| claim | verdict | numbers |", "|---|---|---|",
                   *[f"| {c['claim']} | **{c['verdict']}** | {c['numbers']} |" for c in figs["verdicts"]["claims"]], ""]
-    wall_sentence = (f"{sum(wall_hours):.2f} hours of wall time from scratch, measured" if len(wall_hours) == len(part_dirs)
-                     else f"wall time from scratch measured for {len(wall_hours)} of {len(part_dirs)} parts")
+    if len(wall_hours) == len(part_dirs):
+        wall_sentence = f"{sum(wall_hours):.2f} hours of wall time from scratch, measured"
+    else:
+        wall_sentence = f"wall time from scratch measured for {len(wall_hours)} of {len(part_dirs)} parts"
     lines += [f"Cost of the parts above: {hours:.1f} hours of training and coding summed over the runs; "
               f"{wall_sentence}.", ""]
     files.write_text(out / "report.md", "\n".join(lines))

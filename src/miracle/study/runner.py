@@ -46,7 +46,7 @@ from ..models import create_model, get_model_spec, model_names
 from ..posteriors import LN2
 from ..presets import get_preset as get_schedule
 from ..provenance import provenance
-from ..training import Trainer, accuracy, evaluate_posterior
+from ..training import Trainer, accuracy, evaluate_posterior, with_unrecorded_settings
 from .analysis import objective_curve, posterior_tails, pruning_curves
 from .stats import tail_summary
 
@@ -320,7 +320,8 @@ def finished_run(config: StudyConfig, spec: RunSpec, out: Path) -> dict | None:
         return None
     run = json.loads(done.read_text())
     settings = _settings(config, spec)
-    saved = run.get("settings", settings)
+    # A setting added to the product since the run was made is compared at the value the run had.
+    saved = with_unrecorded_settings(run.get("settings", settings), CompressConfig)
     changed = sorted(name for name in settings.keys() | saved.keys() if saved.get(name) != settings.get(name))
     if changed:
         raise InvalidInput(f"{done.parent} was made with other settings ({', '.join(changed)}) than the product's "
@@ -349,9 +350,9 @@ WALL_TIME_FILE = "wall_time.json"
 
 class WallTimeLog:
     """The part's wall time, summed over the invocations that ran it: a part run in pieces, or
-    killed and resumed, still adds up. Each invocation has its own entry, written when it starts
-    and rewritten after every finished run, so a killed one loses only the time since its last
-    finished run."""
+    killed and resumed, still adds up. Each invocation has its own entry, written after every
+    finished run and at the end, so a killed one loses only the time since its last finished run
+    (and a refused one, which finished none, writes nothing)."""
 
     def __init__(self, out: Path, jobs: int) -> None:
         self.path = out / WALL_TIME_FILE
@@ -359,7 +360,6 @@ class WallTimeLog:
         self.entries = json.loads(self.path.read_text()) if self.path.exists() else []
         self.entry = {**provenance(), "jobs": jobs, "runs_finished_before": self._finished(), "seconds": 0.0}
         self.entries.append(self.entry)
-        self.update()
 
     def _finished(self) -> int:
         return sum(1 for _ in self.path.parent.glob("runs/*/run.json"))
