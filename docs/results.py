@@ -53,9 +53,11 @@ def result_files() -> list[Path]:
 
 
 def skipped(parts: tuple[str, ...]) -> bool:
-    """A study's per-run folders (hundreds of intermediate files; its report covers them), and a
-    run's work folder (``*.work/``, never committed)."""
-    return (parts[0].startswith("study") and "runs" in parts) or any(part.endswith(".work") for part in parts)
+    """A study's per-run folders (hundreds of intermediate files; its report covers them) and its
+    wall-time log (its ``json/cost.json`` holds it), and a run's work folder (``*.work/``, never
+    committed)."""
+    in_study = parts[0].startswith("study") and ("runs" in parts or parts[-1] == "wall_time.json")
+    return in_study or any(part.endswith(".work") for part in parts)
 
 
 def seeds_of(record: dict) -> str:
