@@ -300,6 +300,7 @@ def test_the_full_preset_has_the_three_parts_on_the_shipped_schedule():
     assert {p.schedule for p in parts} == {"demo"} and all(not p.schedule_changes for p in parts)
     assert parts[0].budgets == ("1.52KB", "1KB", "2KB", "3.03KB") and parts[2].budgets == ("1.52KB",)
     assert all(p.seeds >= 3 and p.validation_examples > 0 for p in parts)
+    assert parts[2].mean_var_lrs == (3e-3, 1e-2, 3e-2)  # LeNet-300's Mean-Var is best beyond LeNet-5's grid
 
 
 def test_budget_too_small_is_a_clear_error(tmp_path):
