@@ -16,7 +16,7 @@ from miracle.config import CompressConfig
 from miracle.errors import InvalidInput
 from miracle.study import StudyConfig, get_preset, part_name, run_study, write_index, write_report
 from miracle.study.figures import FIGURE_FILES, write_figures
-from miracle.study.runner import RunSpec, _trainer, check_config, choose_mean_var, execute_run, open_study
+from miracle.study.runner import RunSpec, WallTimeLog, _trainer, check_config, choose_mean_var, execute_run, open_study
 from miracle.study.stats import (excess_kurtosis, hill_tail_index, histogram, mean_and_spread,
                                  prune_at_random, prune_by_magnitude, prune_by_signal_to_noise)
 
@@ -493,6 +493,33 @@ def test_rerunning_a_finished_study_resumes_instead_of_starting_over(tmp_path, m
     assert log[0]["seconds"] >= first["seconds_this_invocation"] - 1
     cost = json.loads((out / "json" / "cost.json").read_text())
     assert cost["wall_seconds_from_scratch"] == pytest.approx(log[0]["seconds"] + log[1]["seconds"], abs=0.2)
+
+
+def test_an_interrupted_invocation_logs_the_time_its_unfinished_run_took(tmp_path, mnist_root, monkeypatch):
+    def interrupted_run(*args, **kwargs):
+        time.sleep(0.5)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("miracle.study.runner.execute_run", interrupted_run)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(TINY, tmp_path, "tiny", str(mnist_root), log=lambda line: None)
+    [entry] = json.loads((tmp_path / "wall_time.json").read_text())
+    assert entry["runs_finished"] == 0 and entry["seconds"] >= 0.5
+
+
+def test_the_wall_time_log_keeps_itself_current_between_finished_runs(tmp_path):
+    log = WallTimeLog(tmp_path, jobs=2, heartbeat_seconds=0.05)
+    log.keep_current()
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "wall_time.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    [written] = json.loads((tmp_path / "wall_time.json").read_text())  # no run finished, no update() called
+    assert written["seconds"] > 0 and written["runs_finished"] == 0
+    log.stop()
+    beats = json.loads((tmp_path / "wall_time.json").read_text())[0]["seconds"]
+    time.sleep(0.2)
+    assert json.loads((tmp_path / "wall_time.json").read_text())[0]["seconds"] == beats  # stopped
 
 
 @pytest.mark.slow

@@ -353,24 +353,47 @@ WALL_TIME_FILE = "wall_time.json"
 
 class WallTimeLog:
     """The part's wall time, summed over the invocations that ran it: a part run in pieces, or
-    killed and resumed, still adds up. Each invocation has its own entry, written after every
-    finished run and at the end, so a killed one loses only the time since its last finished run
-    (and a refused one, which finished none, writes nothing)."""
+    killed and resumed, still adds up. Each invocation has its own entry, rewritten every
+    `heartbeat_seconds` once work has started and after every finished run, so a killed one loses
+    at most a heartbeat (and a refused one, which started no work, writes nothing)."""
 
-    def __init__(self, out: Path, jobs: int) -> None:
+    def __init__(self, out: Path, jobs: int, heartbeat_seconds: float = 60.0) -> None:
         self.path = out / WALL_TIME_FILE
         self.started = time.perf_counter()
         self.entries = json.loads(self.path.read_text()) if self.path.exists() else []
         self.entry = {**provenance(), "jobs": jobs, "runs_finished_before": self._finished(), "seconds": 0.0}
         self.entries.append(self.entry)
+        self.heartbeat_seconds = heartbeat_seconds
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     def _finished(self) -> int:
         return sum(1 for _ in self.path.parent.glob("runs/*/run.json"))
 
     def update(self) -> None:
-        self.entry.update(seconds=round(time.perf_counter() - self.started, 1),
-                          runs_finished=self._finished() - self.entry["runs_finished_before"])
-        files.write_json(self.path, self.entries, indent=1)
+        with self._lock:
+            self.entry.update(seconds=round(time.perf_counter() - self.started, 1),
+                              runs_finished=self._finished() - self.entry["runs_finished_before"])
+            files.write_json(self.path, self.entries, indent=1)
+
+    def keep_current(self) -> None:
+        """From now until `stop`, rewrite the entry every heartbeat: a run takes minutes, and a
+        kill between two finished runs should not lose them."""
+        if self._heartbeat is None:
+            self._heartbeat = threading.Thread(target=self._beat, daemon=True)
+            self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self.heartbeat_seconds):
+            self.update()
+
+    def stop(self) -> None:
+        if self._heartbeat is None:  # no work started
+            return
+        self._stopped.set()
+        self._heartbeat.join()
+        self.update()
 
 
 def _worker_init(threads: int, parent_pid: int) -> None:
@@ -390,6 +413,7 @@ def _exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
 def _run_all(config, specs, out, data_dir, jobs, log, wall_time: WallTimeLog) -> dict[RunSpec, dict]:
     for spec in specs:  # a stale run is refused before any work, not after the others
         finished_run(config, spec, out)
+    wall_time.keep_current()
     results: dict[RunSpec, dict] = {}
     if jobs == 1:
         for spec in specs:
@@ -443,12 +467,14 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
         mean_kl.append(RunSpec("mean-kl", config.budget, 0, form=config.ablation_form))
     log(f"study {preset}: {len(trials)} Mean-Var trials (learning and annealing rates, judged on a validation "
         f"split) and {len(mean_kl)} Mean-KL runs")
-    first = _run_all(config, trials + mean_kl, out, data_dir, jobs, log, wall_time)
-    chosen = choose_mean_var({t: first[t] for t in trials})
-    log(f"Mean-Var setting chosen: learning rate {chosen.lr:g}, annealing rate {chosen.eps_beta:g}")
-    mean_var = [replace(chosen, budget=budget, seed=seed, tuning=False) for budget, seed in every_run]
-    runs = {**first, **_run_all(config, mean_var, out, data_dir, jobs, log, wall_time)}
-    wall_time.update()
+    try:
+        first = _run_all(config, trials + mean_kl, out, data_dir, jobs, log, wall_time)
+        chosen = choose_mean_var({t: first[t] for t in trials})
+        log(f"Mean-Var setting chosen: learning rate {chosen.lr:g}, annealing rate {chosen.eps_beta:g}")
+        mean_var = [replace(chosen, budget=budget, seed=seed, tuning=False) for budget, seed in every_run]
+        runs = {**first, **_run_all(config, mean_var, out, data_dir, jobs, log, wall_time)}
+    finally:  # an interrupted invocation logs its time too
+        wall_time.stop()
     summary = {
         "preset": preset, "config": config.to_dict(), "schedule_options": config.schedule_options(),
         "mean_var_chosen": {"lr": chosen.lr, "eps_beta": chosen.eps_beta},
