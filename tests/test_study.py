@@ -1,5 +1,5 @@
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 import math
 import os
 import shutil
@@ -445,7 +445,8 @@ import os, signal, time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from miracle.study.runner import _worker_init
-pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(1, os.getpid()))
+context = get_context("spawn")
+pool = ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init, initargs=(1, os.getpid(), context.Event()))
 print(pool.submit(os.getpid).result(), flush=True)
 pool.submit(time.sleep, 120)
 time.sleep(0.5)
@@ -475,6 +476,49 @@ def test_a_study_worker_exits_when_its_parent_is_killed():
     if outlived:
         os.kill(worker, signal.SIGKILL)  # no stray process after a failure
     assert not outlived, "the worker outlived its killed parent"
+
+
+_INTERRUPTED_SCRIPT = """
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from miracle.study.runner import StudyConfig, run_study
+config = StudyConfig(**{**%r, "schedule_changes": (("steps", 10 ** 6),)})
+run_study(config, Path(sys.argv[1]), "tiny", sys.argv[2], jobs=2, log=lambda line: None)
+"""
+
+
+def _workers_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        pids = [int(child) for child in children.read().split()]
+    return [child for child in pids if b"spawn_main" in open(f"/proc/{child}/cmdline", "rb").read()]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads child processes from /proc")
+def test_an_interrupt_stops_a_parallel_study_at_once_and_logs_its_time(tmp_path, mnist_root):
+    # The signal goes to the parent alone (as from `kill -INT`): its workers, in the middle of
+    # runs a million steps long, must stop too instead of being waited for.
+    script = _INTERRUPTED_SCRIPT % {k: v for k, v in asdict(TINY).items() if k != "schedule_changes"}
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(mnist_root)],
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("runs/*/curve.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = _workers_of(parent.pid)
+    parent.send_signal(signal.SIGINT)
+    try:
+        parent.wait(timeout=30)
+    finally:
+        for pid in workers + [parent.pid]:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)  # no stray process after a failure
+    assert len(workers) == 2 and parent.returncode != 0
+    deadline = time.monotonic() + 15
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_running, workers))
+    [entry] = json.loads((tmp_path / "wall_time.json").read_text())
+    assert entry["runs_finished"] == 0 and entry["seconds"] > 0
 
 
 def test_rerunning_a_finished_study_resumes_instead_of_starting_over(tmp_path, mnist_root):

@@ -396,17 +396,17 @@ class WallTimeLog:
         self.update()
 
 
-def _worker_init(threads: int, parent_pid: int) -> None:
+def _worker_init(threads: int, parent_pid: int, stop) -> None:
     torch.set_num_threads(threads)
-    # A parent killed outright (SIGTERM, SIGKILL) cannot stop its pool: without this, the
-    # workers would go on training and writing into the study's folder. Runs save atomically,
-    # so leaving mid-run is safe; the next `miracle study` resumes them.
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    threading.Thread(target=_exit_when_stopped_or_orphaned, args=(parent_pid, stop), daemon=True).start()
 
 
-def _exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(poll_seconds)
+def _exit_when_stopped_or_orphaned(parent_pid: int, stop, poll_seconds: float = 1.0) -> None:
+    # A worker goes on with its run after an interrupt, and the pool would wait for it and start
+    # the next; a parent killed outright (SIGTERM, SIGKILL) cannot stop its pool at all. Runs save
+    # atomically, so leaving mid-run is safe: the next `miracle study` resumes them.
+    while os.getppid() == parent_pid and not stop.wait(poll_seconds):
+        pass
     os._exit(1)
 
 
@@ -422,14 +422,20 @@ def _run_all(config, specs, out, data_dir, jobs, log, wall_time: WallTimeLog) ->
             log(_done_line(spec, results[spec]))
         return results
     # Parallel runs with one thread each: two 2-thread processes on 2 cores stall each other.
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init,
-                             initargs=(1, os.getpid())) as pool:
+    context = get_context("spawn")
+    stop = context.Event()
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
+                             initargs=(1, os.getpid(), stop)) as pool:
         futures = {pool.submit(execute_run, config, spec, out, data_dir): spec for spec in specs}
-        for future in as_completed(futures):
-            spec = futures[future]
-            results[spec] = future.result()
-            wall_time.update()
-            log(_done_line(spec, results[spec]))
+        try:
+            for future in as_completed(futures):
+                spec = futures[future]
+                results[spec] = future.result()
+                wall_time.update()
+                log(_done_line(spec, results[spec]))
+        except BaseException:
+            stop.set()
+            raise
     return results
 
 
