@@ -11,7 +11,7 @@ An output directory holds one study::
     OUT/baselines.json         optional: post-training baselines of a plainly trained network,
                                written by benchmarks/baselines.py; they join the size figure
     OUT/wall_time.json         the wall time of every invocation that ran there, kept current
-                               after each finished run
+                               every minute and after each finished run
 
 Every run is trained and coded with a schedule the product ships (a preset of
 ``miracle.presets``), at a budget of the whole file. Mean-Var is tuned first: every pair of
