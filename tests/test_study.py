@@ -13,7 +13,8 @@ import torch
 
 from conftest import run_cli
 from miracle.config import CompressConfig
-from miracle.errors import InvalidInput
+from miracle import files
+from miracle.errors import InvalidInput, MiracleError
 from miracle.study import StudyConfig, get_preset, part_name, run_study, write_index, write_report
 from miracle.study.figures import FIGURE_FILES, write_figures
 from miracle.study.runner import RunSpec, WallTimeLog, _trainer, check_config, choose_mean_var, execute_run, open_study
@@ -438,6 +439,32 @@ def test_an_interrupted_training_resumes_with_its_curve(tmp_path, mnist_root):
     assert without_time(resumed["curve"]) == without_time(whole["curve"])
     assert resumed["final"] == whole["final"]
     assert (run_dir / "model.mrc").read_bytes() == (tmp_path / "whole" / "runs" / spec.name / "model.mrc").read_bytes()
+
+
+def test_a_resumed_run_leaves_the_process_at_its_own_thread_count(tmp_path, mnist_root):
+    # A checkpoint records the threads it was made with, and resuming takes them: a worker
+    # resuming another invocation's run must not keep them for the runs after it.
+    spec = RunSpec("mean-kl", TINY.budget, 0)
+    mine = torch.get_num_threads()
+    other = 2 if mine == 1 else 1
+    trainer = _trainer(TINY, spec, tmp_path / "runs" / spec.name, str(mnist_root))
+    torch.set_num_threads(other)
+    try:
+        trainer.start()
+        trainer.train_until(4, progress=False)
+        trainer.save_checkpoint()
+    finally:
+        torch.set_num_threads(mine)
+    execute_run(TINY, spec, tmp_path, str(mnist_root))
+    assert torch.get_num_threads() == mine
+
+
+def test_a_part_in_use_by_another_invocation_is_refused(tmp_path, mnist_root):
+    open_study(tmp_path, TINY, "tiny")
+    with files.exclusive(tmp_path):
+        with pytest.raises(MiracleError, match="another miracle run"):
+            run_study(TINY, tmp_path, "tiny", str(mnist_root), log=lambda line: None)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "wall_time.json").exists()
 
 
 _ORPHAN_SCRIPT = """

@@ -267,6 +267,14 @@ def _train_with_curve(trainer: Trainer, run_dir: Path, test, eval_every: int, pr
 def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | None = None,
                 progress: bool = False) -> dict:
     """Train, code, decode and analyse one run; resumable at every stage."""
+    threads = torch.get_num_threads()
+    try:
+        return _execute_run(config, spec, out, data_dir, progress)
+    finally:  # a resumed run continues at the thread count it began with; the next run must not
+        torch.set_num_threads(threads)
+
+
+def _execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | None, progress: bool) -> dict:
     finished = finished_run(config, spec, out)
     if finished is not None:
         return finished
@@ -386,7 +394,10 @@ class WallTimeLog:
 
     def _beat(self) -> None:
         while not self._stopped.wait(self.heartbeat_seconds):
-            self.update()
+            try:
+                self.update()
+            except files.WriteError:  # a full disk, say: the next beat, or stop(), tries again
+                pass
 
     def stop(self) -> None:
         if self._heartbeat is None:  # no work started
@@ -463,6 +474,13 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
     check_config(config)
     _split(config.dataset, "train", data_dir)  # a missing dataset fails before any work
     open_study(out, config, preset)
+    with files.exclusive(out):  # two invocations on one part would train the same runs at once
+        summary = _run_part(config, out, preset, data_dir, jobs, log)
+    write_figures(summary, out / "json")
+    return summary
+
+
+def _run_part(config: StudyConfig, out: Path, preset: str, data_dir: str | None, jobs: int, log) -> dict:
     baselines = _baselines(out, config)
     wall_time = WallTimeLog(out, jobs)
     every_run = [(budget, seed) for budget in config.budgets for seed in range(config.seeds)]
@@ -481,7 +499,7 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
         runs = {**first, **_run_all(config, mean_var, out, data_dir, jobs, log, wall_time)}
     finally:  # an interrupted invocation logs its time too
         wall_time.stop()
-    summary = {
+    return {
         "preset": preset, "config": config.to_dict(), "schedule_options": config.schedule_options(),
         "mean_var_chosen": {"lr": chosen.lr, "eps_beta": chosen.eps_beta},
         "lr": {"mean-kl": effective_lr(config, RunSpec("mean-kl", config.budget, 0)), "mean-var": chosen.lr},
@@ -493,8 +511,6 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
         "wall_time": wall_time.entries,
         **provenance(),
     }
-    write_figures(summary, out / "json")
-    return summary
 
 
 def _trial_summary(run: dict) -> dict:
