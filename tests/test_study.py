@@ -15,7 +15,7 @@ from conftest import run_cli
 from miracle.config import CompressConfig
 from miracle import files
 from miracle.errors import InvalidInput, MiracleError
-from miracle.study import StudyConfig, get_preset, part_name, run_study, write_index, write_report
+from miracle.study import StudyConfig, get_preset, part_name, pyplot, run_study, write_index, write_report
 from miracle.study.figures import FIGURE_FILES, write_figures
 from miracle.study.runner import RunSpec, WallTimeLog, _trainer, check_config, choose_mean_var, execute_run, open_study
 from miracle.study.stats import (excess_kurtosis, hill_tail_index, histogram, mean_and_spread,
@@ -302,6 +302,30 @@ def test_the_full_preset_has_the_three_parts_on_the_shipped_schedule():
     assert parts[0].budgets == ("1.52KB", "1KB", "2KB", "3.03KB") and parts[2].budgets == ("1.52KB",)
     assert all(p.seeds >= 3 and p.validation_examples > 0 for p in parts)
     assert parts[2].mean_var_lrs == (3e-3, 1e-2, 3e-2)  # LeNet-300's Mean-Var is best beyond LeNet-5's grid
+
+
+def test_a_damaged_test_split_is_refused_before_the_folder_is_made(tmp_path, mnist_root):
+    data_dir = tmp_path / "data"
+    shutil.copytree(mnist_root / "mnist", data_dir / "mnist")
+    labels = next((data_dir / "mnist").glob("t10k-labels-idx1-ubyte*"))
+    labels.write_bytes(labels.read_bytes()[:100])
+    out = run_cli("study", "--preset", "full", "--part", "lenet300-mnist", "--out", str(tmp_path / "s"),
+                  "--data-dir", str(data_dir))
+    assert out.returncode == 2 and "miracle data fetch" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_study_without_matplotlib_is_refused_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: importing it fails
+    with pytest.raises(MiracleError, match=r"pip install 'miracle\[study\]'"):
+        pyplot()
+
+
+def test_one_budget_size_is_run_once():
+    full = get_preset("full")[0]
+    assert replace(full, budget="2KB").budgets == ("2KB", "1KB", "3.03KB")
+    assert replace(full, budget="1520B").budgets == ("1520B", "1KB", "2KB", "3.03KB")
+    assert full.budgets == ("1.52KB", "1KB", "2KB", "3.03KB")
 
 
 def test_budget_too_small_is_a_clear_error(tmp_path):

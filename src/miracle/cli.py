@@ -331,7 +331,8 @@ def cmd_data_fetch(args) -> dict:
 
 
 def cmd_study(args) -> dict:
-    from .study import check_config, get_preset, open_preset, part_name, run_study, write_index, write_report
+    from .study import (check_config, check_data, get_preset, open_preset, part_name, pyplot, run_study,
+                        write_index, write_report)
 
     overrides = {k: v for k, v in (("budget", args.budget), ("seeds", args.seeds)) if v is not None}
     parts = tuple(dataclasses.replace(part, **overrides) for part in get_preset(args.preset))
@@ -341,8 +342,11 @@ def cmd_study(args) -> dict:
         raise InvalidInput(f"preset {args.preset} has no part {', '.join(sorted(unknown))}; its parts: {', '.join(names)}")
     if args.jobs < 1:
         raise InvalidInput("--jobs must be at least 1")
-    for part in parts:  # every error the settings can cause, before the folder is touched
+    for part, name in zip(parts, names):  # every error the settings can cause, before the folder is touched
         check_config(part)
+        if not args.part or name in args.part:
+            check_data(part, args.data_dir)
+    pyplot()  # the plots come after hours of runs: a missing matplotlib is refused now
     out = Path(args.out)
     log = (lambda msg: None) if args.json else print
     open_preset(out, args.preset, parts)

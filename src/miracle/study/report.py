@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 from .. import files
+from ..errors import MiracleError
 from .figures import FIGURE_FILES, PARAMS, TAIL_QUANTITIES
 
 COLOURS = {"mean-var": "tab:orange", "mean-kl": "tab:blue"}
@@ -21,8 +23,13 @@ def load_figures(json_dir: Path) -> dict:
     return {name: json.loads((json_dir / f"{name}.json").read_text()) for name in FIGURE_FILES}
 
 
-def _pyplot():
-    import matplotlib
+def pyplot():
+    """matplotlib's pyplot, drawing into files only."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MiracleError("the study's plots need matplotlib, which is not installed: "
+                           "pip install 'miracle[study]'") from None
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
@@ -37,8 +44,10 @@ def _save(fig, axes, out: Path, legend_fontsize=None, legend_outside=False) -> N
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=legend_fontsize, **place)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    _pyplot().close(fig)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    pyplot().close(fig)
+    files.write_bytes(out, png.getvalue())  # an interrupted save leaves no truncated plot
 
 
 def _plain_log(axis) -> None:
@@ -71,7 +80,7 @@ def _band(ax, xs_per_seed, ys_per_seed, colour, label):
 
 
 def plot_convergence(fig_json: dict, out: Path, x_key: str) -> None:
-    fig, (ax_acc, ax_obj) = _pyplot().subplots(1, 2, figsize=(11, 4))
+    fig, (ax_acc, ax_obj) = pyplot().subplots(1, 2, figsize=(11, 4))
     for param in PARAMS:
         seeds = fig_json["variants"][param]["seeds"]
         label = f"{LABELS[param]} ({len(seeds)} seeds)"
@@ -90,7 +99,7 @@ def plot_convergence(fig_json: dict, out: Path, x_key: str) -> None:
 
 
 def plot_annealing(fig_json: dict, out: Path) -> None:
-    fig, (ax_acc, ax_kl) = _pyplot().subplots(1, 2, figsize=(11, 4))
+    fig, (ax_acc, ax_kl) = pyplot().subplots(1, 2, figsize=(11, 4))
     for trial in fig_json["trials"]:
         chosen = (trial["lr"], trial["eps_beta"]) == (fig_json["chosen"]["lr"], fig_json["chosen"]["eps_beta"])
         label = f"lr {trial['lr']:g}, eps_beta {trial['eps_beta']:g}" + (" (chosen)" if chosen else "")
@@ -109,7 +118,7 @@ def plot_annealing(fig_json: dict, out: Path) -> None:
 
 
 def plot_tails(fig_json: dict, out: Path) -> None:
-    fig, axes = _pyplot().subplots(1, len(TAIL_QUANTITIES), figsize=(16, 3.8))
+    fig, axes = pyplot().subplots(1, len(TAIL_QUANTITIES), figsize=(16, 3.8))
     for ax, quantity in zip(axes, TAIL_QUANTITIES):
         for param in PARAMS:
             entry = fig_json["variants"][param][quantity]
@@ -136,7 +145,7 @@ def _pruning_orders(fig_json: dict, param: str) -> dict:
 
 
 def plot_pruning(fig_json: dict, out: Path) -> None:
-    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     xs = [100 * f for f in fig_json["fractions"]]
     for param in PARAMS:
         for order, curve in _pruning_orders(fig_json, param).items():
@@ -169,7 +178,7 @@ def _bytes_label(size_bytes: float, _position=None) -> str:
 def plot_size_vs_error(fig_json: dict, out: Path) -> None:
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    fig, ax = _pyplot().subplots(figsize=(10, 4.8))
+    fig, ax = pyplot().subplots(figsize=(10, 4.8))
     for param in PARAMS:
         points = [p for p in fig_json["ours"] if p["param"] == param]
         ax.errorbar([p["size_bytes"] for p in points], [100 * p["test_error"]["mean"] for p in points],

@@ -47,6 +47,7 @@ from ..posteriors import LN2
 from ..presets import get_preset as get_schedule
 from ..provenance import provenance
 from ..training import Trainer, accuracy, evaluate_posterior, with_unrecorded_settings
+from ..units import parse_budget_bits
 from .analysis import objective_curve, posterior_tails, pruning_curves
 from .stats import tail_summary
 
@@ -73,6 +74,14 @@ class StudyConfig:
     # Mean-Var "within budget": every block <= C_loc + this. Its per-block controller oscillates
     # around the budget; a loose tolerance favours Mean-Var, the side the paper claims is slower.
     budget_tolerance_bits: float = 1.0
+
+    def __post_init__(self) -> None:
+        # `--budget 2KB` on a preset that also runs 2 KB, or "1520B" beside "1.52KB": one size
+        # is run once, or its runs would be trained twice and counted twice.
+        kept = {parse_budget_bits(self.budget): self.budget}
+        for budget in self.other_budgets:
+            kept.setdefault(parse_budget_bits(budget), budget)
+        object.__setattr__(self, "other_budgets", tuple(kept.values())[1:])
 
     @property
     def budgets(self) -> tuple[str, ...]:
@@ -150,6 +159,12 @@ def check_config(config: StudyConfig) -> None:
         options = _compress_config(config, RunSpec("mean-kl", budget, 0))
         index_bits_for(Budget.from_options(budget), model, bits_per_block=options.bits_per_block,
                        group_sizes=options.hashing(get_model_spec(config.model).group_sizes))
+
+
+def check_data(config: StudyConfig, data_dir: str | None) -> None:
+    """A missing or damaged dataset fails before any folder is made, not after the first runs."""
+    for split in ("train", "test"):
+        _split(config.dataset, split, data_dir)
 
 
 def open_preset(out: Path, preset: str, parts: tuple[StudyConfig, ...]) -> None:
@@ -472,7 +487,7 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
     from .figures import write_figures
 
     check_config(config)
-    _split(config.dataset, "train", data_dir)  # a missing dataset fails before any work
+    check_data(config, data_dir)
     open_study(out, config, preset)
     with files.exclusive(out):  # two invocations on one part would train the same runs at once
         summary = _run_part(config, out, preset, data_dir, jobs, log)
@@ -518,5 +533,5 @@ def _trial_summary(run: dict) -> dict:
             "train_seconds": run["train_seconds"], "decoded_test_accuracy": run["decoded_test_accuracy"]}
 
 
-__all__ = ["PRESETS", "StudyConfig", "RunSpec", "get_preset", "open_preset", "part_name", "run_study", "execute_run",
+__all__ = ["PRESETS", "StudyConfig", "RunSpec", "check_data", "get_preset", "open_preset", "part_name", "run_study", "execute_run",
            "choose_mean_var"]
