@@ -59,6 +59,11 @@ def test_the_configuration_round_trips_through_its_dict():
     (dict(lr_schedule="linear"), "learning-rate schedule"),
     (dict(stepz=3), "unknown option(s) stepz"),
     (dict(mean_share=1.0), "mean_share"),
+    (dict(checkpoint_every=0), "checkpoint_every"),
+    (dict(eps_beta=-1.0), "annealing rate (eps_beta) must be 0 or more"),
+    (dict(beta_initial=0.0), "initial beta (beta_initial) must be a positive number"),
+    (dict(beta_initial=float("nan")), "initial beta"),
+    (dict(seed=-1), "seed must be 0 or more"),
 ])
 def test_bad_settings_are_refused_where_they_are_validated(options, message):
     with pytest.raises(InvalidInput, match=message.replace("(", r"\(").replace(")", r"\)")):

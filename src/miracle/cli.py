@@ -24,8 +24,14 @@ from .posteriors import POSTERIORS, MeanKL
 from .presets import PRESETS, get_preset
 from .provenance import peak_rss_mb, provenance
 from .published import MIRACLE_LENET5_MNIST
-from .training import LR_SCHEDULES, accuracy, evaluate_posterior, load_checkpoint
+from .training import DEFAULT_LR, DEFAULT_RETRAIN_LR, LR_SCHEDULES, accuracy, evaluate_posterior, load_checkpoint
 from .variational import VariationalModel
+
+
+def _per_posterior(values: dict[str, float]) -> str:
+    if len(set(values.values())) == 1:
+        return f"{next(iter(values.values())):g}"
+    return ", ".join(f"{value:g} for {param}" for param, value in values.items())
 
 
 def _config_options(p: argparse.ArgumentParser, coding: bool) -> None:
@@ -50,7 +56,7 @@ def _config_options(p: argparse.ArgumentParser, coding: bool) -> None:
     add("--eps-beta", type=float, help=f"Mean-Var: annealing rate (default {d.eps_beta})")
     add("--steps", type=int, help=f"training steps before coding (default {d.steps})")
     add("--batch-size", type=int, help=f"examples per step, over all processes (default {d.batch_size})")
-    add("--lr", type=float, help="Adam learning rate (default 1e-2 Mean-KL, 1e-3 Mean-Var)")
+    add("--lr", type=float, help=f"Adam learning rate (default {_per_posterior(DEFAULT_LR)})")
     add("--lr-schedule", choices=LR_SCHEDULES, help=f"default {d.lr_schedule}")
     add("--weight-samples", type=int,
         help=f"weight samples per training step, each on its share of the batch (default {d.weight_samples})")
@@ -64,7 +70,7 @@ def _config_options(p: argparse.ArgumentParser, coding: bool) -> None:
         add("--blocks-per-group", type=int, help=f"blocks coded between two retrainings (default {d.blocks_per_group})")
         add("--retrain-steps", type=int, help=f"retraining steps between groups (default {d.retrain_steps})")
         add("--retrain-lr", type=float,
-            help="Adam learning rate of retraining between groups (default 1e-2 Mean-KL, 1e-3 Mean-Var)")
+            help=f"Adam learning rate of retraining between groups (default {_per_posterior(DEFAULT_RETRAIN_LR)})")
         add("--retrain-lr-schedule", choices=LR_SCHEDULES,
             help=f"constant, or cosine: decays over the whole coding (default {d.retrain_lr_schedule})")
         add("--rule", choices=coder.RULES, help=f"how the sender picks a candidate (default {d.rule}; see the README)")

@@ -66,6 +66,8 @@ class CompressConfig:
             Budget.from_options(self.budget, self.index_budget)  # a run without one is refused when it starts
         if self.steps < 1 or self.batch_size < 1:
             raise InvalidInput("steps and the batch size must be at least 1")
+        if self.seed < 0:
+            raise InvalidInput(f"the seed must be 0 or more, got {self.seed}")
         for name, meaning in (("lr", "the learning rate"), ("kl_bits", "the KL per block")):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):

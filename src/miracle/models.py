@@ -79,7 +79,7 @@ def build_model(name: str, seed: int = 0, model_args: dict | None = None) -> nn.
     module_name, _, class_name = name.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, ValueError, TypeError) as exc:  # also an empty or relative module name
         raise InvalidInput(f"cannot import {module_name} for --model {name} ({exc}); "
                            "install it or add its folder to PYTHONPATH") from None
     factory = getattr(module, class_name, None)

@@ -11,6 +11,7 @@ Parameters that are not selected stay the model's own and are trained as usual.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -55,6 +56,10 @@ class VariationalConfig:
             raise InvalidInput(f"unknown Mean-KL form {self.mean_kl_form!r}; choose one of {', '.join(MeanKL.FORMS)}")
         if not 0 < self.mean_share < 1:
             raise InvalidInput(f"the means' share of a block's KL (mean_share) must be in (0, 1), got {self.mean_share}")
+        if not 0 < self.beta_initial < math.inf:
+            raise InvalidInput(f"Mean-Var's initial beta (beta_initial) must be a positive number, got {self.beta_initial}")
+        if not 0 <= self.eps_beta < math.inf:
+            raise InvalidInput(f"Mean-Var's annealing rate (eps_beta) must be 0 or more, got {self.eps_beta}")
         if self.kl_bits is not None and not 0 < self.kl_bits <= self.bits_per_block:
             raise InvalidInput(f"the KL per block (kl_bits) must be in (0, {self.bits_per_block}], the bits per "
                                f"block; got {self.kl_bits}")
