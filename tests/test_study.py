@@ -347,6 +347,19 @@ def test_output_directory_of_another_study_is_refused(tmp_path, mnist_root):
         open_study(tmp_path / "other", FIXTURE_CONFIG, "fixture")
 
 
+def test_an_output_that_is_a_file_or_damaged_or_unwritable_is_one_line(tmp_path, mnist_root):
+    (tmp_path / "file").write_text("mine")
+    env = {"MIRACLE_DATA": str(mnist_root)}
+    out = run_cli("study", "--preset", "quick", "--out", str(tmp_path / "file"), env=env)
+    assert out.returncode == 2 and "is a file" in out.stderr and "Traceback" not in out.stderr
+    open_study(tmp_path / "s", FIXTURE_CONFIG, "fixture")
+    (tmp_path / "s" / "study.json").write_text('{"preset": ')  # cut short
+    with pytest.raises(InvalidInput, match="study.json is damaged"):
+        open_study(tmp_path / "s", FIXTURE_CONFIG, "fixture")
+    out = run_cli("study", "--preset", "quick", "--out", str(tmp_path / "file" / "s"), env=env)  # cannot be made
+    assert out.returncode == 2 and "cannot write" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_a_folder_holding_only_baselines_becomes_the_study(tmp_path):
     # benchmarks/baselines.py may write a part's baselines before the part's first run.
     (tmp_path / "s").mkdir()

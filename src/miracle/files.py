@@ -63,7 +63,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> int:
         tmp_name = None
         _fsync_folder(path.parent)
     except OSError as e:
-        raise WriteError(_explain(path, e, len(data))) from e
+        raise WriteError(explain_write_error(path, e, len(data))) from e
     finally:
         if tmp_name is not None:
             try:
@@ -89,7 +89,7 @@ def save_torch(obj, path: str | os.PathLike) -> int:
     return write_bytes(path, buffer.getvalue())
 
 
-def _explain(path: Path, error: OSError, size_bytes: int) -> str:
+def explain_write_error(path: Path, error: OSError, size_bytes: int) -> str:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         try:
             free = f", {format_bytes(shutil.disk_usage(path.parent).free)} free"
@@ -114,6 +114,14 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def make_folder(path: str | os.PathLike) -> None:
+    """Create ``path`` and its parents if needed; a :class:`WriteError` if that fails."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(explain_write_error(Path(path), e, 0)) from e
+
+
 @contextmanager
 def exclusive(directory: str | os.PathLike | None) -> Iterator[None]:
     """Hold ``directory`` (created if needed) for this process; :class:`OutputLocked` if
@@ -126,7 +134,7 @@ def exclusive(directory: str | os.PathLike | None) -> Iterator[None]:
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, _permissions())
     except OSError as e:
-        raise WriteError(_explain(directory / LOCK_NAME, e, 0)) from e
+        raise WriteError(explain_write_error(directory / LOCK_NAME, e, 0)) from e
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -154,7 +162,7 @@ class LineLog:
         try:
             return action()
         except OSError as e:
-            raise WriteError(_explain(self.path, e, size_bytes)) from e
+            raise WriteError(explain_write_error(self.path, e, size_bytes)) from e
 
     def write(self, line: str) -> None:
         self._do(lambda: self._file.write(line + "\n"), len(line) + 1)

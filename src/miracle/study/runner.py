@@ -170,18 +170,8 @@ def check_data(config: StudyConfig, data_dir: str | None) -> None:
 def open_preset(out: Path, preset: str, parts: tuple[StudyConfig, ...]) -> None:
     """Create ``out`` for a preset's parts (one folder each), or check that it holds this very
     preset; each part's folder is then checked by :func:`open_study`."""
-    identity = {"preset": preset, "parts": [part_name(p) for p in parts]}
-    settings = out / "preset.json"
-    if settings.exists() or (out / "study.json").exists():
-        saved = json.loads(settings.read_text()) if settings.exists() else {}
-        if {k: saved.get(k) for k in identity} != identity:
-            raise InvalidInput(f"{out} holds a different study; choose another output directory, or delete it to "
-                               "start over")
-        return
-    if out.exists() and any(out.iterdir()):
-        raise InvalidInput(f"{out} is not empty and holds no study; choose an empty or new output directory")
-    out.mkdir(parents=True, exist_ok=True)
-    files.write_json(settings, {**identity, **provenance()})
+    # A part's folder given as the preset's: it holds a study.json, and is not this preset.
+    _claim(out, "preset.json", {"preset": preset, "parts": [part_name(p) for p in parts]}, also_taken_by="study.json")
 
 
 # Written by benchmarks/baselines.py into a part's folder, possibly before the part's first run.
@@ -190,20 +180,34 @@ BASELINES_FILE = "baselines.json"
 
 def open_study(out: Path, config: StudyConfig, preset: str) -> None:
     """Create ``out`` for this study, or check that it already holds this very study."""
-    identity = {"preset": preset, "config": config.to_dict()}
-    settings = out / "study.json"
-    if settings.exists():
-        saved = json.loads(settings.read_text())
+    _claim(out, "study.json", {"preset": preset, "config": config.to_dict()}, tolerated=(BASELINES_FILE,))
+
+
+def _claim(out: Path, settings_name: str, identity: dict, also_taken_by: str | None = None,
+           tolerated: tuple[str, ...] = ()) -> None:
+    """Make ``out`` hold ``identity`` in ``settings_name``, or check that it already does: a
+    folder holding another study, or anything else, is refused rather than mixed in."""
+    settings = out / settings_name
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(f"{out} is a file; give a folder as --out")
+    if settings.exists() or (also_taken_by and (out / also_taken_by).exists()):
+        saved = read_json(settings) if settings.exists() else {}
         if {k: saved.get(k) for k in identity} != identity:
-            raise InvalidInput(
-                f"{out} holds a different study (preset {saved.get('preset')!r}, other settings); "
-                "choose another output directory, or delete it to start over"
-            )
+            raise InvalidInput(f"{out} holds a different study (preset {saved.get('preset')!r}, other settings); "
+                               "choose another output directory, or delete it to start over")
         return
-    if out.exists() and any(p.name != BASELINES_FILE for p in out.iterdir()):
+    if out.exists() and any(p.name not in tolerated for p in out.iterdir()):
         raise InvalidInput(f"{out} is not empty and holds no study; choose an empty or new output directory")
-    out.mkdir(parents=True, exist_ok=True)
+    files.make_folder(out)
     files.write_json(settings, {**identity, **provenance()})
+
+
+def read_json(path: Path):
+    """A study's own JSON file; a damaged one is named, not a traceback."""
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise InvalidInput(f"{path} is damaged ({e}); restore it, or delete the study's folder to start over") from None
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -263,7 +267,7 @@ def _train_with_curve(trainer: Trainer, run_dir: Path, test, eval_every: int, pr
     the curve is saved after each measurement, so a resumed run keeps it."""
     trainer.start()
     path = run_dir / "curve.json"
-    curve = [p for p in (json.loads(path.read_text()) if path.exists() else []) if p["step"] <= trainer.step]
+    curve = [p for p in (read_json(path) if path.exists() else []) if p["step"] <= trainer.step]
     while True:
         if trainer.step % eval_every == 0 and (not curve or curve[-1]["step"] < trainer.step):
             curve.append(_curve_point(trainer, test))
@@ -298,7 +302,7 @@ def _execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | 
     trainer = _trainer(config, spec, run_dir, data_dir)
     trained_path = run_dir / "trained.json"
     if trained_path.exists():
-        trained = json.loads(trained_path.read_text())
+        trained = read_json(trained_path)
     else:
         curve = _train_with_curve(trainer, run_dir, test, config.eval_every, progress)
         trained = {
@@ -344,7 +348,7 @@ def finished_run(config: StudyConfig, spec: RunSpec, out: Path) -> dict | None:
     done = out / "runs" / spec.name / "run.json"
     if not done.exists():
         return None
-    run = json.loads(done.read_text())
+    run = read_json(done)
     settings = _settings(config, spec)
     # A setting added to the product since the run was made is compared at the value the run had.
     saved = with_unrecorded_settings(run.get("settings", settings), CompressConfig)
@@ -360,7 +364,7 @@ def _baselines(out: Path, config: StudyConfig) -> dict | None:
     if not path.exists():
         return None
     try:
-        baselines = json.loads(path.read_text())
+        baselines = read_json(path)
         subject = (baselines["model"], baselines["dataset"])
     except (ValueError, KeyError, TypeError):
         raise InvalidInput(f"{path} is not a baselines file of benchmarks/baselines.py; rewrite or remove it") from None
@@ -383,7 +387,7 @@ class WallTimeLog:
     def __init__(self, out: Path, jobs: int, heartbeat_seconds: float = 60.0) -> None:
         self.path = out / WALL_TIME_FILE
         self.started = time.perf_counter()
-        self.entries = json.loads(self.path.read_text()) if self.path.exists() else []
+        self.entries = read_json(self.path) if self.path.exists() else []
         self.entry = {**provenance(), "jobs": jobs, "runs_finished_before": self._finished(), "seconds": 0.0}
         self.entries.append(self.entry)
         self.heartbeat_seconds = heartbeat_seconds
