@@ -15,20 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
-
-import torch
 
 from miracle import files
 from miracle.provenance import provenance
 from miracle.study import get_preset, part_name
-from miracle.study.runner import RunSpec, execute_run
-
-
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # two one-thread runs on two cores, as the study runs them
+from miracle.study.runner import RunSpec, execute_run, worker_pool
 
 
 def _timed_run(config, spec: RunSpec, out: Path, data_dir) -> tuple[dict, float]:
@@ -65,7 +57,7 @@ def main() -> None:
     specs = [RunSpec("mean-var", config.budget, 0, eps, lr, tuning=True) for lr in args.lr
              for eps in (args.eps_beta or config.eps_betas)]
     out = args.runs / args.part
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
+    with worker_pool(args.jobs) as pool:  # one-thread runs, as the study runs them
         runs = list(pool.map(_timed_run, [config] * len(specs), specs, [out] * len(specs),
                              [args.data_dir] * len(specs)))
     new = [_trial(run, wall_seconds, spec) for (run, wall_seconds), spec in zip(runs, specs)]

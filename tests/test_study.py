@@ -506,15 +506,12 @@ def test_a_part_in_use_by_another_invocation_is_refused(tmp_path, mnist_root):
 
 _ORPHAN_SCRIPT = """
 import os, signal, time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
-from miracle.study.runner import _worker_init
-context = get_context("spawn")
-pool = ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init, initargs=(1, os.getpid(), context.Event()))
-print(pool.submit(os.getpid).result(), flush=True)
-pool.submit(time.sleep, 120)
-time.sleep(0.5)
-os.kill(os.getpid(), signal.SIGKILL)
+from miracle.study.runner import worker_pool
+with worker_pool(1) as pool:
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 120)
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
 """
 
 

@@ -28,7 +28,9 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from multiprocessing import get_context
@@ -426,15 +428,30 @@ class WallTimeLog:
         self.update()
 
 
+@contextmanager
+def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
+    """``jobs`` processes of one thread each (two 2-thread processes on 2 cores stall each
+    other). An interrupt or an error in the parent stops them at once: otherwise a worker would
+    go on with its run and the pool would wait for it, and then start the next."""
+    context = get_context("spawn")
+    stop = context.Event()
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
+                             initargs=(1, os.getpid(), stop)) as pool:
+        try:
+            yield pool
+        except BaseException:
+            stop.set()
+            raise
+
+
 def _worker_init(threads: int, parent_pid: int, stop) -> None:
     torch.set_num_threads(threads)
     threading.Thread(target=_exit_when_stopped_or_orphaned, args=(parent_pid, stop), daemon=True).start()
 
 
 def _exit_when_stopped_or_orphaned(parent_pid: int, stop, poll_seconds: float = 1.0) -> None:
-    # A worker goes on with its run after an interrupt, and the pool would wait for it and start
-    # the next; a parent killed outright (SIGTERM, SIGKILL) cannot stop its pool at all. Runs save
-    # atomically, so leaving mid-run is safe: the next `miracle study` resumes them.
+    # Also when the parent is killed outright (SIGTERM, SIGKILL), which cannot stop its pool. Runs
+    # save atomically, so leaving mid-run is safe: the next `miracle study` resumes them.
     while os.getppid() == parent_pid and not stop.wait(poll_seconds):
         pass
     os._exit(1)
@@ -451,21 +468,13 @@ def _run_all(config, specs, out, data_dir, jobs, log, wall_time: WallTimeLog) ->
             wall_time.update()
             log(_done_line(spec, results[spec]))
         return results
-    # Parallel runs with one thread each: two 2-thread processes on 2 cores stall each other.
-    context = get_context("spawn")
-    stop = context.Event()
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
-                             initargs=(1, os.getpid(), stop)) as pool:
+    with worker_pool(jobs) as pool:
         futures = {pool.submit(execute_run, config, spec, out, data_dir): spec for spec in specs}
-        try:
-            for future in as_completed(futures):
-                spec = futures[future]
-                results[spec] = future.result()
-                wall_time.update()
-                log(_done_line(spec, results[spec]))
-        except BaseException:
-            stop.set()
-            raise
+        for future in as_completed(futures):
+            spec = futures[future]
+            results[spec] = future.result()
+            wall_time.update()
+            log(_done_line(spec, results[spec]))
     return results
 
 
@@ -538,4 +547,4 @@ def _trial_summary(run: dict) -> dict:
 
 
 __all__ = ["PRESETS", "StudyConfig", "RunSpec", "check_data", "get_preset", "open_preset", "part_name", "run_study", "execute_run",
-           "choose_mean_var"]
+           "choose_mean_var", "worker_pool"]
