@@ -337,11 +337,11 @@ def cmd_data_fetch(args) -> dict:
 
 
 def cmd_study(args) -> dict:
-    from .study import (check_config, check_data, get_preset, open_preset, part_name, pyplot, run_study,
-                        write_index, write_report)
+    from .study import check_config, check_data, open_preset, part_name, pyplot, run_study, write_index, write_report
+    from .study import get_preset as get_study_preset  # not the schedules' get_preset
 
     overrides = {k: v for k, v in (("budget", args.budget), ("seeds", args.seeds)) if v is not None}
-    parts = tuple(dataclasses.replace(part, **overrides) for part in get_preset(args.preset))
+    parts = tuple(dataclasses.replace(part, **overrides) for part in get_study_preset(args.preset))
     names = [part_name(part) for part in parts]
     unknown = set(args.part or ()) - set(names)
     if unknown:
