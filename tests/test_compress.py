@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import miracle
+from miracle import files
 from miracle.compress import FingerprintMismatch
 from miracle.data import Split
 from miracle.errors import MiracleError
@@ -190,6 +191,29 @@ def test_from_checkpoint_refuses_what_contradicts_it_and_takes_coding_options(tm
     assert summary["config"]["steps"] == 3 and summary["before_coding"]["steps"] == 3
     evaluated = run_cli("evaluate", str(tmp_path / "x.mrc"), "--dataset", "mnist", "--json", env=env)
     assert '"model": "lenet300"' in evaluated.stdout and '"size_bytes"' in evaluated.stdout
+
+
+def test_from_checkpoint_refuses_unfinished_training_and_names_an_unnamed_model(tmp_path, mnist_root):
+    env = {"MIRACLE_DATA": str(mnist_root)}
+    trained = run_cli("train", "--model", "lenet300", "--dataset", "mnist", "--index-budget", "100B", "--bits-per-block",
+                      "8", "--steps", "3", "--quiet", "--out", str(tmp_path / "run"), env=env)
+    assert trained.returncode == 0, trained.stderr
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    files.save_torch({**state, "step": 2}, tmp_path / "unfinished.pt")  # as a `miracle train` killed at step 2 leaves it
+    result = run_cli("compress", "--from", str(tmp_path / "unfinished.pt"), "-o", str(tmp_path / "x.mrc"), env=env)
+    assert result.returncode == 2 and "stopped at step 2 of 3" in result.stderr and not (tmp_path / "x.mrc").exists()
+    identity = state["identity"]  # as if trained with hashing
+    hashed = {**identity, "config": {**identity["config"], "group_sizes": {"fc1.weight": 2}}}
+    files.save_torch({**state, "identity": hashed}, tmp_path / "hashed.pt")
+    clash = run_cli("compress", "--from", str(tmp_path / "hashed.pt"), "--no-hashing", "-o", str(tmp_path / "x.mrc"),
+                    env=env)
+    assert clash.returncode == 2 and "--no-hashing (the checkpoint has {" in clash.stderr
+    # Written through the Python API, a checkpoint may not name its model: --model names it.
+    files.save_torch({**state, "identity": {**state["identity"], "model": ""}}, tmp_path / "unnamed.pt")
+    coded = run_cli("compress", "--from", str(tmp_path / "unnamed.pt"), "--model", "lenet300", "--retrain-steps", "1",
+                    "-o", str(tmp_path / "x.mrc"), "--json", "--quiet", env=env)
+    assert coded.returncode == 0, coded.stderr
+    assert json.loads(coded.stdout)["model"] == "lenet300"
 
 
 def test_a_preset_sets_the_schedule_and_explicit_options_win(tmp_path, mnist_root):

@@ -180,6 +180,13 @@ def print_train_summary(s: dict) -> None:
     )
 
 
+def _as_option(field: str, value) -> str:
+    """A configuration field as the option that sets it."""
+    if field == "group_sizes":
+        return "--no-hashing"
+    return f"--{field.replace('_', '-')} {value}"
+
+
 def _from_checkpoint(args) -> tuple[CompressConfig, nn.Module, str]:
     """The configuration, model and dataset of the checkpoint ``--from`` names. Options that
     contradict it are refused; the coding options may be given."""
@@ -187,12 +194,16 @@ def _from_checkpoint(args) -> tuple[CompressConfig, nn.Module, str]:
     identity = state["identity"]
     if "config" not in identity:
         raise InvalidInput(f"{args.from_checkpoint} was written by an older miracle; train it again")
+    if state["step"] < identity["config"]["steps"]:
+        raise InvalidInput(f"{args.from_checkpoint} stopped at step {state['step']} of {identity['config']['steps']}: "
+                           "run its `miracle train` command again to finish training (it resumes), then compress")
     config = CompressConfig.from_dict(identity["config"]).replace(steps=state["step"])
     explicit = _explicit_options(args)
     given = {"model": args.model, "dataset": args.dataset,  # --include/--exclude come as lists
              **{k: tuple(v) if isinstance(v, list) else v for k, v in explicit.items() if k not in CODING_FIELDS}}
-    recorded = {"model": identity["model"], "dataset": identity["dataset"], **dataclasses.asdict(config)}
-    clashes = [f"--{k.replace('_', '-')} {given[k]} (the checkpoint has {recorded[k]})"
+    # A checkpoint written through the Python API may not name its model: --model names it.
+    recorded = {"model": identity["model"] or args.model, "dataset": identity["dataset"], **dataclasses.asdict(config)}
+    clashes = [f"{_as_option(k, given[k])} (the checkpoint has {recorded[k]})"
                for k in given if given[k] is not None and given[k] != recorded[k]]
     if clashes:
         raise InvalidInput(f"{args.from_checkpoint} contradicts {'; '.join(clashes)}: leave these options out "
@@ -204,7 +215,7 @@ def _from_checkpoint(args) -> tuple[CompressConfig, nn.Module, str]:
     if not is_registered(identity["model"]) and args.model is None:
         raise InvalidInput(f"{args.from_checkpoint} is a checkpoint of your own model {identity['model'] or ''}: "
                            "pass --model package.module:ClassName (and --model-args)")
-    args.model = identity["model"]
+    args.model = identity["model"] or args.model
     return config, _model_from_options(args, config.seed), identity["dataset"]
 
 

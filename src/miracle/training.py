@@ -195,13 +195,19 @@ class Trainer:
                     "or delete it to start over"
                 )
         elif start_from is not None:
-            state = load_checkpoint(start_from)
-            keys = ("variational", "model", "dataset")
-            if any(state["identity"].get(k) != self._identity().get(k) for k in keys):
+            path = Path(start_from)
+            state = load_checkpoint(path)
+            recorded = state["identity"]
+            # A checkpoint written through the Python API may name no model or dataset: unknown, not other.
+            if any(recorded.get(k) not in ("", self._identity().get(k)) for k in ("model", "dataset")) or \
+                    recorded.get("variational") != self._identity().get("variational"):
                 raise MiracleError(f"{start_from} is a checkpoint of another model or setting")
         else:
             return False
-        self.vmodel.load_state_dict(state["vmodel"])
+        try:
+            self.vmodel.load_state_dict(state["vmodel"])
+        except RuntimeError:  # shapes of another network
+            raise MiracleError(f"{path} is a checkpoint of another model") from None
         if state["vmodel"]["coded"].any():
             self.vmodel.freeze_prior()  # coding had started: the scales are in the file
         self.optimizer.load_state_dict(state["optimizer"])
