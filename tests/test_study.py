@@ -100,6 +100,12 @@ def test_mean_var_choice_is_the_best_decoded_file():
     assert RunSpec("mean-kl", "1.52KB", 0, form="bounded-mean").name == "mean-kl-bounded-mean_1.52KB_seed0"
 
 
+def test_every_trial_diverged_is_a_clear_error():
+    trials = {RunSpec("mean-var", "1.52KB", 0, 1e-3, 1.0, tuning=True): {"decoded_test_accuracy": None}}
+    with pytest.raises(MiracleError, match="every Mean-Var trial diverged"):
+        choose_mean_var(trials)
+
+
 # -- the report, from JSON alone -------------------------------------------------------------------
 FIXTURE_CONFIG = StudyConfig(model="lenet5-relu", dataset="mnist", budget="1.52KB", seeds=2, schedule="demo",
                              eval_every=100, eps_betas=(1e-3, 1e-2), mean_var_lrs=(1e-3,), other_budgets=("3.03KB",),
@@ -450,6 +456,18 @@ def test_a_tuning_run_is_trained_and_judged_without_the_test_set(tmp_path, mnist
     assert spec.name.endswith("_validation") and run["final"]["test_accuracy_sample"] > 0
     trainer = _trainer(config, spec, tmp_path / "scratch", str(mnist_root))
     assert trainer.num_examples == 60000 - 1000
+
+
+def test_a_diverged_trial_is_reported_and_never_chosen(tmp_path, mnist_root):
+    config = replace(TINY, mean_var_lrs=(1e-3, 1e6))
+    summary = run_study(config, tmp_path, "tiny", str(mnist_root), log=lambda line: None)
+    by_lr = {t["lr"]: t for t in summary["annealing_trials"]}
+    assert "training diverged at step" in by_lr[1e6]["diverged"] and by_lr[1e6]["decoded_test_accuracy"] is None
+    assert summary["mean_var_chosen"]["lr"] == 1e-3
+    again = run_study(config, tmp_path, "tiny", str(mnist_root), log=lambda line: None)  # resumes, not refused
+    assert again["annealing_trials"] == summary["annealing_trials"]
+    report = write_report(tmp_path / "json", tmp_path).read_text()
+    assert "| 1e+06 | 0.01 | training diverged at step" in report
 
 
 def test_an_interrupted_training_resumes_with_its_curve(tmp_path, mnist_root):

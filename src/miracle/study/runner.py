@@ -43,12 +43,12 @@ from .. import files
 from ..budget import Budget
 from ..compress import build_trainer, decompress, index_bits_for, run_compression
 from ..config import CompressConfig
-from ..errors import InvalidInput
+from ..errors import InvalidInput, MiracleError
 from ..models import create_model, get_model_spec, model_names
 from ..posteriors import LN2
 from ..presets import get_preset as get_schedule
 from ..provenance import provenance
-from ..training import Trainer, accuracy, evaluate_posterior, with_unrecorded_settings
+from ..training import Trainer, TrainingDiverged, accuracy, evaluate_posterior, with_unrecorded_settings
 from ..units import parse_budget_bits
 from .analysis import objective_curve, posterior_tails, pruning_curves
 from .stats import tail_summary
@@ -291,6 +291,10 @@ def execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | N
     threads = torch.get_num_threads()
     try:
         return _execute_run(config, spec, out, data_dir, progress)
+    except TrainingDiverged as error:
+        if not spec.tuning:
+            raise
+        return _diverged_trial(config, spec, out, error)
     finally:  # a resumed run continues at the thread count it began with; the next run must not
         torch.set_num_threads(threads)
 
@@ -335,6 +339,18 @@ def _execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | 
     pruning = pruning_curves(decoded, vmodel, test, config.prune_fractions, spec.seed)
     run["pruning"] = pruning.pop("magnitude")
     run.update({f"pruning_{order}": curve for order, curve in pruning.items()})
+    files.write_json(run_dir / "run.json", run, indent=1)
+    return run
+
+
+def _diverged_trial(config: StudyConfig, spec: RunSpec, out: Path, error: TrainingDiverged) -> dict:
+    """A Mean-Var trial whose rates make training diverge: a result of the tuning, reported and
+    never chosen, not the end of the study (and, being deterministic, of every rerun)."""
+    run_dir = out / "runs" / spec.name
+    curve = read_json(run_dir / "curve.json") if (run_dir / "curve.json").exists() else []
+    run = {"settings": _settings(config, spec), "diverged": str(error), "curve": curve,
+           "train_seconds": curve[-1]["seconds"] if curve else 0.0, "coding_seconds": 0.0,
+           "decoded_test_accuracy": None}
     files.write_json(run_dir / "run.json", run, indent=1)
     return run
 
@@ -479,6 +495,8 @@ def _run_all(config, specs, out, data_dir, jobs, log, wall_time: WallTimeLog) ->
 
 
 def _done_line(spec: RunSpec, result: dict) -> str:
+    if "diverged" in result:
+        return f"  done: {spec.name}: {result['diverged'].split(';')[0]}; a trial that will not be chosen"
     line = (f"  done: {spec.name}: posterior sample {100 * result['final']['test_accuracy_sample']:.2f}%, "
             f"largest block KL {result['kl']['kl_bits_per_block_max']:.1f} bits")
     if "decoded_test_accuracy" in result:
@@ -490,8 +508,11 @@ def choose_mean_var(trials: dict[RunSpec, dict]) -> RunSpec:
     """The Mean-Var trial (learning rate and annealing rate) whose seed-0 file decodes to the
     best accuracy on the validation split: the end-to-end criterion. (Choosing by the budget
     alone picks collapsed runs: a rate fast enough to meet the budget in a short schedule can
-    drive the network to chance.)"""
-    return max(trials, key=lambda spec: trials[spec]["decoded_test_accuracy"])
+    drive the network to chance.) A diverged trial has no file and is never chosen."""
+    scored = [spec for spec in trials if trials[spec]["decoded_test_accuracy"] is not None]
+    if not scored:
+        raise MiracleError("every Mean-Var trial diverged; the study needs smaller learning or annealing rates")
+    return max(scored, key=lambda spec: trials[spec]["decoded_test_accuracy"])
 
 
 def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None = None, jobs: int = 1,
@@ -542,6 +563,8 @@ def _run_part(config: StudyConfig, out: Path, preset: str, data_dir: str | None,
 
 
 def _trial_summary(run: dict) -> dict:
+    if "diverged" in run:
+        return {key: run[key] for key in ("diverged", "train_seconds", "decoded_test_accuracy")}
     return {"final": run["final"], "kl_bits_per_block_max": run["kl"]["kl_bits_per_block_max"],
             "train_seconds": run["train_seconds"], "decoded_test_accuracy": run["decoded_test_accuracy"]}
 
