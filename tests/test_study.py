@@ -433,6 +433,16 @@ def test_a_finished_run_made_with_other_settings_is_refused_before_any_work(tmp_
         run_study(TINY, tmp_path, "tiny", str(mnist_root), log=lambda line: None)
     assert not (tmp_path / "wall_time.json").exists()  # a refused invocation did no work to log
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [spec.name]  # no other run was started
+    # A stale Mean-Var run of the phase after the trials is refused before the trials, too.
+    done.write_text(json.dumps(run))
+    [trial] = [RunSpec("mean-var", TINY.budget, 0, eps, lr, tuning=True) for lr in TINY.mean_var_lrs
+               for eps in TINY.eps_betas]
+    final = tmp_path / "runs" / replace(trial, tuning=False).name / "run.json"
+    final.parent.mkdir()
+    final.write_text(json.dumps({"settings": {**run["settings"], "mean_share": 0.95}}))
+    with pytest.raises(InvalidInput, match=f"{final.parent.name} was made with other settings"):
+        run_study(TINY, tmp_path, "tiny", str(mnist_root), log=lambda line: None)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted([spec.name, final.parent.name])
 
 
 def test_a_tuning_run_is_trained_and_judged_without_the_test_set(tmp_path, mnist_root, monkeypatch):

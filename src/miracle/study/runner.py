@@ -474,9 +474,6 @@ def _exit_when_stopped_or_orphaned(parent_pid: int, stop, poll_seconds: float = 
 
 
 def _run_all(config, specs, out, data_dir, jobs, log, wall_time: WallTimeLog) -> dict[RunSpec, dict]:
-    for spec in specs:  # a stale run is refused before any work, not after the others
-        finished_run(config, spec, out)
-    wall_time.keep_current()
     results: dict[RunSpec, dict] = {}
     if jobs == 1:
         for spec in specs:
@@ -538,8 +535,14 @@ def _run_part(config: StudyConfig, out: Path, preset: str, data_dir: str | None,
     mean_kl = [RunSpec("mean-kl", budget, seed) for budget, seed in every_run]
     if config.ablation_form:
         mean_kl.append(RunSpec("mean-kl", config.budget, 0, form=config.ablation_form))
+    # A stale run is refused before any work, not hours later: Mean-Var's runs for whichever
+    # trial will win too.
+    for spec in trials + mean_kl + [replace(t, budget=budget, seed=seed, tuning=False)
+                                     for t in trials for budget, seed in every_run]:
+        finished_run(config, spec, out)
     log(f"study {preset}: {len(trials)} Mean-Var trials (learning and annealing rates, judged on a validation "
         f"split) and {len(mean_kl)} Mean-KL runs")
+    wall_time.keep_current()
     try:
         first = _run_all(config, trials + mean_kl, out, data_dir, jobs, log, wall_time)
         chosen = choose_mean_var({t: first[t] for t in trials})
