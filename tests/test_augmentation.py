@@ -46,3 +46,10 @@ def test_the_same_generator_gives_the_same_shifts():
 def test_what_is_not_a_float_image_batch_is_refused(batch):
     with pytest.raises(InvalidInput, match=r"random shifts need float image batches \[N, C, H, W\].*random-shift-px"):
         random_shift(batch, 2, _generator())
+
+
+def test_a_shift_as_large_as_the_image_is_refused():
+    images = torch.rand(4, 1, 28, 28)
+    assert random_shift(images, 27, _generator()).shape == images.shape
+    with pytest.raises(InvalidInput, match="below 28"):
+        random_shift(images, 28, _generator())

@@ -21,6 +21,9 @@ def random_shift(images: torch.Tensor, max_shift_px: int, generator: torch.Gener
         raise InvalidInput(f"random shifts need float image batches [N, C, H, W], got {images.dtype} "
                            f"{tuple(images.shape)}; leave random_shift_px (--random-shift-px) at 0 for this data")
     n, c, h, w = images.shape
+    if max_shift_px >= min(h, w):  # every image would be all border
+        raise InvalidInput(f"random shifts of up to {max_shift_px} pixels would move {h}x{w} images out of view; "
+                           f"give --random-shift-px below {min(h, w)}")
     padded = F.pad(images, (max_shift_px,) * 4)
     offsets = torch.randint(0, 2 * max_shift_px + 1, (2, n), generator=generator).to(images.device)
     rows = offsets[0, :, None] + torch.arange(h, device=images.device)  # [N, H] rows of `padded`
