@@ -208,12 +208,15 @@ def test_from_checkpoint_refuses_unfinished_training_and_names_an_unnamed_model(
     clash = run_cli("compress", "--from", str(tmp_path / "hashed.pt"), "--no-hashing", "-o", str(tmp_path / "x.mrc"),
                     env=env)
     assert clash.returncode == 2 and "--no-hashing (the checkpoint has {" in clash.stderr
-    # Written through the Python API, a checkpoint may not name its model: --model names it.
-    files.save_torch({**state, "identity": {**state["identity"], "model": ""}}, tmp_path / "unnamed.pt")
-    coded = run_cli("compress", "--from", str(tmp_path / "unnamed.pt"), "--model", "lenet300", "--retrain-steps", "1",
-                    "-o", str(tmp_path / "x.mrc"), "--json", "--quiet", env=env)
+    # Written through the Python API, a checkpoint may name no model or dataset: the options name them.
+    files.save_torch({**state, "identity": {**identity, "model": "", "dataset": ""}}, tmp_path / "unnamed.pt")
+    unnamed = run_cli("compress", "--from", str(tmp_path / "unnamed.pt"), "--model", "lenet300",
+                      "-o", str(tmp_path / "x.mrc"), env=env)
+    assert unnamed.returncode == 2 and "does not name its dataset: pass --dataset" in unnamed.stderr
+    coded = run_cli("compress", "--from", str(tmp_path / "unnamed.pt"), "--model", "lenet300", "--dataset", "mnist",
+                    "--retrain-steps", "1", "-o", str(tmp_path / "x.mrc"), "--json", "--quiet", env=env)
     assert coded.returncode == 0, coded.stderr
-    assert json.loads(coded.stdout)["model"] == "lenet300"
+    assert (json.loads(coded.stdout)["model"], json.loads(coded.stdout)["dataset"]) == ("lenet300", "mnist")
 
 
 def test_a_preset_sets_the_schedule_and_explicit_options_win(tmp_path, mnist_root):

@@ -217,8 +217,8 @@ def test_the_command_line_compresses_a_users_class_from_its_trained_weights(tmp_
 
 @pytest.mark.parametrize("arguments, message", [
     (["--model", "no_such_package:Net"], "cannot import no_such_package"),
-    (["--model", ".relative:Net"], "cannot import .relative"),
-    (["--model", ":Net"], "Empty module name"),
+    (["--model", ".relative:Net"], "names no importable module"),
+    (["--model", ":Net"], "names no importable module"),
     (["--model", "own_models:NoSuchNet"], "own_models has no class NoSuchNet"),
     (["--model", "own_models:SmallCNN", "--model-args", "{hidden: 3}"], "--model-args is not valid JSON"),
     (["--model", "own_models:SmallCNN", "--model-args", '{"depth": 3}'], "check --model-args"),

@@ -13,11 +13,11 @@ import torch
 
 from conftest import run_cli
 from miracle.config import CompressConfig
-from miracle import files
+from miracle import cli, files
 from miracle.errors import InvalidInput, MiracleError
 from miracle.study import StudyConfig, get_preset, part_name, pyplot, run_study, write_index, write_report
 from miracle.study.figures import FIGURE_FILES, write_figures
-from miracle.study.runner import RunSpec, WallTimeLog, _trainer, check_config, choose_mean_var, execute_run, open_study
+from miracle.study.runner import RunSpec, WallTimeLog, _settings, _trainer, check_config, choose_mean_var, execute_run, open_study
 from miracle.study.stats import (excess_kurtosis, hill_tail_index, histogram, mean_and_spread,
                                  prune_at_random, prune_by_magnitude, prune_by_signal_to_noise)
 
@@ -321,10 +321,12 @@ def test_a_damaged_test_split_is_refused_before_the_folder_is_made(tmp_path, mni
     assert not (tmp_path / "s").exists()
 
 
-def test_a_study_without_matplotlib_is_refused_before_any_run(tmp_path, monkeypatch):
+def test_a_study_without_matplotlib_is_refused_before_any_run(tmp_path, mnist_root, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: importing it fails
     with pytest.raises(MiracleError, match=r"pip install 'miracle\[study\]'"):
         pyplot()
+    status = cli.main(["study", "--preset", "quick", "--out", str(tmp_path / "s"), "--data-dir", str(mnist_root)])
+    assert status == 2 and "miracle[study]" in capsys.readouterr().err and not (tmp_path / "s").exists()
 
 
 def test_one_budget_size_is_run_once():
@@ -332,6 +334,7 @@ def test_one_budget_size_is_run_once():
     assert replace(full, budget="2KB").budgets == ("2KB", "1KB", "3.03KB")
     assert replace(full, budget="1520B").budgets == ("1520B", "1KB", "2KB", "3.03KB")
     assert full.budgets == ("1.52KB", "1KB", "2KB", "3.03KB")
+    assert replace(full, other_budgets=("1520B", "2KB", "2000B")).budgets == ("1.52KB", "2KB")  # one size, two spellings
 
 
 def test_budget_too_small_is_a_clear_error(tmp_path):
@@ -346,7 +349,7 @@ def test_output_directory_of_another_study_is_refused(tmp_path, mnist_root):
         open_study(tmp_path / "s", FIXTURE_CONFIG.__class__(**{**FIXTURE_CONFIG.__dict__, "seeds": 3}), "fixture")
     open_study(tmp_path / "s", FIXTURE_CONFIG, "fixture")  # the same study: fine, it resumes
     out = run_cli("study", "--preset", "quick", "--out", str(tmp_path / "s"), env={"MIRACLE_DATA": str(mnist_root)})
-    assert out.returncode == 2 and "holds a different study" in out.stderr
+    assert out.returncode == 2 and "holds one part of a study; give the study's own folder" in out.stderr
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(InvalidInput, match="not empty"):
@@ -439,8 +442,9 @@ def test_a_finished_run_made_with_other_settings_is_refused_before_any_work(tmp_
                for eps in TINY.eps_betas]
     final = tmp_path / "runs" / replace(trial, tuning=False).name / "run.json"
     final.parent.mkdir()
-    final.write_text(json.dumps({"settings": {**run["settings"], "mean_share": 0.95}}))
-    with pytest.raises(InvalidInput, match=f"{final.parent.name} was made with other settings"):
+    stale = {**_settings(TINY, replace(trial, tuning=False)), "mean_share": 0.95}
+    final.write_text(json.dumps({"settings": stale}))
+    with pytest.raises(InvalidInput, match=f"{final.parent.name} was made with other settings \\(mean_share\\)"):
         run_study(TINY, tmp_path, "tiny", str(mnist_root), log=lambda line: None)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted([spec.name, final.parent.name])
 

@@ -21,7 +21,7 @@ def random_shift(images: torch.Tensor, max_shift_px: int, generator: torch.Gener
         raise InvalidInput(f"random shifts need float image batches [N, C, H, W], got {images.dtype} "
                            f"{tuple(images.shape)}; leave random_shift_px (--random-shift-px) at 0 for this data")
     n, c, h, w = images.shape
-    if max_shift_px >= min(h, w):  # every image would be all border
+    if max_shift_px >= min(h, w):  # no use, and the padding would grow without bound
         raise InvalidInput(f"random shifts of up to {max_shift_px} pixels would move {h}x{w} images out of view; "
                            f"give --random-shift-px below {min(h, w)}")
     padded = F.pad(images, (max_shift_px,) * 4)

@@ -196,13 +196,16 @@ def _from_checkpoint(args) -> tuple[CompressConfig, nn.Module, str]:
         raise InvalidInput(f"{args.from_checkpoint} was written by an older miracle; train it again")
     if state["step"] < identity["config"]["steps"]:
         raise InvalidInput(f"{args.from_checkpoint} stopped at step {state['step']} of {identity['config']['steps']}: "
-                           "run its `miracle train` command again to finish training (it resumes), then compress")
+                           "finish its training first (the command that made it resumes it), then compress")
     config = CompressConfig.from_dict(identity["config"]).replace(steps=state["step"])
     explicit = _explicit_options(args)
     given = {"model": args.model, "dataset": args.dataset,  # --include/--exclude come as lists
              **{k: tuple(v) if isinstance(v, list) else v for k, v in explicit.items() if k not in CODING_FIELDS}}
-    # A checkpoint written through the Python API may not name its model: --model names it.
-    recorded = {"model": identity["model"] or args.model, "dataset": identity["dataset"], **dataclasses.asdict(config)}
+    # A checkpoint written through the Python API may name no model or dataset: the options name them.
+    model, dataset = identity["model"] or args.model, identity["dataset"] or args.dataset
+    if not dataset:
+        raise InvalidInput(f"{args.from_checkpoint} does not name its dataset: pass --dataset")
+    recorded = {"model": model, "dataset": dataset, **dataclasses.asdict(config)}
     clashes = [f"{_as_option(k, given[k])} (the checkpoint has {recorded[k]})"
                for k in given if given[k] is not None and given[k] != recorded[k]]
     if clashes:
@@ -215,8 +218,8 @@ def _from_checkpoint(args) -> tuple[CompressConfig, nn.Module, str]:
     if not is_registered(identity["model"]) and args.model is None:
         raise InvalidInput(f"{args.from_checkpoint} is a checkpoint of your own model {identity['model'] or ''}: "
                            "pass --model package.module:ClassName (and --model-args)")
-    args.model = identity["model"] or args.model
-    return config, _model_from_options(args, config.seed), identity["dataset"]
+    args.model = model
+    return config, _model_from_options(args, config.seed), dataset
 
 
 def cmd_compress(args) -> dict | None:
@@ -348,7 +351,8 @@ def cmd_data_fetch(args) -> dict:
 
 
 def cmd_study(args) -> dict:
-    from .study import check_config, check_data, open_preset, part_name, pyplot, run_study, write_index, write_report
+    from .study import (check_config, check_data, open_preset, part_name, prepare_study, pyplot, run_study,
+                        write_index, write_report)
     from .study import get_preset as get_study_preset  # not the schedules' get_preset
 
     overrides = {k: v for k, v in (("budget", args.budget), ("seeds", args.seeds)) if v is not None}
@@ -359,18 +363,21 @@ def cmd_study(args) -> dict:
         raise InvalidInput(f"preset {args.preset} has no part {', '.join(sorted(unknown))}; its parts: {', '.join(names)}")
     if args.jobs < 1:
         raise InvalidInput("--jobs must be at least 1")
-    for part, name in zip(parts, names):  # every error the settings can cause, before the folder is touched
+    selected = {name: part for part, name in zip(parts, names) if not args.part or name in args.part}
+    # Every refusal before the first part runs for hours: settings and data before any folder,
+    # then each part's folder; the plots, drawn last, need matplotlib.
+    for part in parts:
         check_config(part)
-        if not args.part or name in args.part:
-            check_data(part, args.data_dir)
-    pyplot()  # the plots come after hours of runs: a missing matplotlib is refused now
+    for part in selected.values():
+        check_data(part, args.data_dir)
+    pyplot()
     out = Path(args.out)
-    log = (lambda msg: None) if args.json else print
     open_preset(out, args.preset, parts)
+    for name, part in selected.items():
+        prepare_study(part, out / name, args.preset, args.data_dir)
+    log = (lambda msg: None) if args.json else print
     done, seconds = {}, 0.0
-    for part, name in zip(parts, names):
-        if args.part and name not in args.part:
-            continue
+    for name, part in selected.items():
         summary = run_study(part, out / name, args.preset, args.data_dir, args.jobs, log)
         write_report(out / name / "json", out / name)
         done[name] = {"mean_var_chosen": summary["mean_var_chosen"]}

@@ -130,8 +130,8 @@ def exclusive(directory: str | os.PathLike | None) -> Iterator[None]:
         yield
         return
     directory = Path(directory)
+    make_folder(directory)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, _permissions())
     except OSError as e:
         raise WriteError(explain_write_error(directory / LOCK_NAME, e, 0)) from e

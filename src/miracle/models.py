@@ -77,9 +77,11 @@ def build_model(name: str, seed: int = 0, model_args: dict | None = None) -> nn.
                                f"the registered model {name} takes none")
         return create_model(name, seed)
     module_name, _, class_name = name.partition(":")
+    if not module_name or module_name.startswith("."):
+        raise InvalidInput(f"--model {name} names no importable module; give it as package.module:ClassName")
     try:
         module = importlib.import_module(module_name)
-    except (ImportError, ValueError, TypeError) as exc:  # also an empty or relative module name
+    except ImportError as exc:
         raise InvalidInput(f"cannot import {module_name} for --model {name} ({exc}); "
                            "install it or add its folder to PYTHONPATH") from None
     factory = getattr(module, class_name, None)

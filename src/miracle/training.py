@@ -38,7 +38,8 @@ from .variational import VariationalConfig, VariationalModel
 
 # Both train far better at 1e-2 than at MIRACLE's 1e-3 in our short schedules: on both LeNet-5
 # parts of the study, Mean-Var's trials chose 1e-2 on the validation split
-# (results/study-full/*/json/annealing.json); every shipped Mean-KL result was made at 1e-2.
+# (results/study-full/lenet5-relu-*/json/annealing.json); every shipped Mean-KL result was made
+# at 1e-2.
 DEFAULT_LR = {"mean-kl": 1e-2, "mean-var": 1e-2}
 # Retraining between coded groups is what turns a noisy posterior sample into an accurate
 # network (results/experiments/retraining.json): Mean-KL gained most at 1e-2, Mean-Var at 1e-3.

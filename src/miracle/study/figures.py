@@ -240,9 +240,8 @@ def cost(summary: dict) -> dict:
             "invocations": [{k: i[k] for k in ("date", "git_commit", "jobs", "seconds", "runs_finished")}
                             for i in invocations],
             "note": "process seconds: training and coding summed over runs, evaluation not counted; wall "
-                    "seconds: the invocations' own clocks from the start of their first run to the end of their "
-                    "last, evaluation included (not the few seconds of loading data before nor of drawing the "
-                    "report after)"}
+                    "seconds: the invocations' own clocks over their runs, evaluation included, not the seconds "
+                    "of drawing the report after"}
 
 
 FIGURES = {"convergence": convergence, "annealing": annealing, "compression": compression, "ablation": ablation,

@@ -287,7 +287,7 @@ def write_markdown(figs: dict, out: Path) -> None:
     ]
     for t in ann["trials"]:
         if "diverged" in t:
-            lines.append(f"| {t['lr']:g} | {t['eps_beta']:g} | {t['diverged'].split(';')[0]} | | | | {t['train_seconds']:.0f} |")
+            lines.append(f"| {t['lr']:g} | {t['eps_beta']:g} | {t['diverged']} | | | | {t['train_seconds']:.0f} |")
             continue
         lines.append(f"| {t['lr']:g} | {t['eps_beta']:g} | {100 * t['final']['test_accuracy_sample']:.2f} | "
                      f"{100 * t['final']['test_accuracy_mean']:.2f} | {t['kl_bits_per_block_max']:.2f} | "

@@ -12,6 +12,7 @@ An output directory holds one study::
                                written by benchmarks/baselines.py; they join the size figure
     OUT/wall_time.json         the wall time of every invocation that ran there, kept current
                                every minute and after each finished run
+    OUT/lock                   held by the invocation running the part (never committed)
 
 Every run is trained and coded with a schedule the product ships (a preset of
 ``miracle.presets``), at a budget of the whole file. Mean-Var is tuned first: every pair of
@@ -172,8 +173,7 @@ def check_data(config: StudyConfig, data_dir: str | None) -> None:
 def open_preset(out: Path, preset: str, parts: tuple[StudyConfig, ...]) -> None:
     """Create ``out`` for a preset's parts (one folder each), or check that it holds this very
     preset; each part's folder is then checked by :func:`open_study`."""
-    # A part's folder given as the preset's: it holds a study.json, and is not this preset.
-    _claim(out, "preset.json", {"preset": preset, "parts": [part_name(p) for p in parts]}, also_taken_by="study.json")
+    _claim(out, "preset.json", {"preset": preset, "parts": [part_name(p) for p in parts]}, part_of_a_study="study.json")
 
 
 # Written by benchmarks/baselines.py into a part's folder, possibly before the part's first run.
@@ -185,15 +185,18 @@ def open_study(out: Path, config: StudyConfig, preset: str) -> None:
     _claim(out, "study.json", {"preset": preset, "config": config.to_dict()}, tolerated=(BASELINES_FILE,))
 
 
-def _claim(out: Path, settings_name: str, identity: dict, also_taken_by: str | None = None,
+def _claim(out: Path, settings_name: str, identity: dict, part_of_a_study: str | None = None,
            tolerated: tuple[str, ...] = ()) -> None:
     """Make ``out`` hold ``identity`` in ``settings_name``, or check that it already does: a
-    folder holding another study, or anything else, is refused rather than mixed in."""
+    folder holding another study, or anything else, is refused rather than mixed in. A folder
+    holding ``part_of_a_study`` is one part of a study, never a whole one."""
     settings = out / settings_name
     if out.exists() and not out.is_dir():
         raise InvalidInput(f"{out} is a file; give a folder as --out")
-    if settings.exists() or (also_taken_by and (out / also_taken_by).exists()):
-        saved = read_json(settings) if settings.exists() else {}
+    if part_of_a_study and (out / part_of_a_study).exists():
+        raise InvalidInput(f"{out} holds one part of a study; give the study's own folder, the one above it")
+    if settings.exists():
+        saved = read_json(settings, "restore it, or delete the folder to start over")
         if {k: saved.get(k) for k in identity} != identity:
             raise InvalidInput(f"{out} holds a different study (preset {saved.get('preset')!r}, other settings); "
                                "choose another output directory, or delete it to start over")
@@ -204,12 +207,12 @@ def _claim(out: Path, settings_name: str, identity: dict, also_taken_by: str | N
     files.write_json(settings, {**identity, **provenance()})
 
 
-def read_json(path: Path):
-    """A study's own JSON file; a damaged one is named, not a traceback."""
+def read_json(path: Path, remedy: str = "delete its run's folder to run it again"):
+    """A study's own JSON file; a damaged one is named, with what to do, not a traceback."""
     try:
         return json.loads(path.read_text())
     except ValueError as e:
-        raise InvalidInput(f"{path} is damaged ({e}); restore it, or delete the study's folder to start over") from None
+        raise InvalidInput(f"{path} is damaged ({e}); {remedy}") from None
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -348,7 +351,8 @@ def _diverged_trial(config: StudyConfig, spec: RunSpec, out: Path, error: Traini
     never chosen, not the end of the study (and, being deterministic, of every rerun)."""
     run_dir = out / "runs" / spec.name
     curve = read_json(run_dir / "curve.json") if (run_dir / "curve.json").exists() else []
-    run = {"settings": _settings(config, spec), "diverged": str(error), "curve": curve,
+    reason = str(error).split(";")[0]  # the rest advises options the study does not take
+    run = {"settings": _settings(config, spec), "diverged": reason, "curve": curve,
            "train_seconds": curve[-1]["seconds"] if curve else 0.0, "coding_seconds": 0.0,
            "decoded_test_accuracy": None}
     files.write_json(run_dir / "run.json", run, indent=1)
@@ -382,7 +386,7 @@ def _baselines(out: Path, config: StudyConfig) -> dict | None:
     if not path.exists():
         return None
     try:
-        baselines = read_json(path)
+        baselines = json.loads(path.read_text())
         subject = (baselines["model"], baselines["dataset"])
     except (ValueError, KeyError, TypeError):
         raise InvalidInput(f"{path} is not a baselines file of benchmarks/baselines.py; rewrite or remove it") from None
@@ -405,7 +409,8 @@ class WallTimeLog:
     def __init__(self, out: Path, jobs: int, heartbeat_seconds: float = 60.0) -> None:
         self.path = out / WALL_TIME_FILE
         self.started = time.perf_counter()
-        self.entries = read_json(self.path) if self.path.exists() else []
+        self.entries = (read_json(self.path, "restore it, or delete it (the part's wall time is then not measured)")
+                        if self.path.exists() else [])
         self.entry = {**provenance(), "jobs": jobs, "runs_finished_before": self._finished(), "seconds": 0.0}
         self.entries.append(self.entry)
         self.heartbeat_seconds = heartbeat_seconds
@@ -436,12 +441,16 @@ class WallTimeLog:
             except files.WriteError:  # a full disk, say: the next beat, or stop(), tries again
                 pass
 
-    def stop(self) -> None:
+    def stop(self, error_in_flight: bool = False) -> None:
         if self._heartbeat is None:  # no work started
             return
         self._stopped.set()
         self._heartbeat.join()
-        self.update()
+        try:
+            self.update()
+        except files.WriteError:
+            if not error_in_flight:  # else the error that stopped the work is the one to report
+                raise
 
 
 @contextmanager
@@ -493,7 +502,7 @@ def _run_all(config, specs, out, data_dir, jobs, log, wall_time: WallTimeLog) ->
 
 def _done_line(spec: RunSpec, result: dict) -> str:
     if "diverged" in result:
-        return f"  done: {spec.name}: {result['diverged'].split(';')[0]}; a trial that will not be chosen"
+        return f"  done: {spec.name}: {result['diverged']}; a trial that will not be chosen"
     line = (f"  done: {spec.name}: posterior sample {100 * result['final']['test_accuracy_sample']:.2f}%, "
             f"largest block KL {result['kl']['kl_bits_per_block_max']:.1f} bits")
     if "decoded_test_accuracy" in result:
@@ -508,8 +517,40 @@ def choose_mean_var(trials: dict[RunSpec, dict]) -> RunSpec:
     drive the network to chance.) A diverged trial has no file and is never chosen."""
     scored = [spec for spec in trials if trials[spec]["decoded_test_accuracy"] is not None]
     if not scored:
-        raise MiracleError("every Mean-Var trial diverged; the study needs smaller learning or annealing rates")
+        raise MiracleError("every Mean-Var trial diverged: the preset's learning or annealing rates are too large")
     return max(scored, key=lambda spec: trials[spec]["decoded_test_accuracy"])
+
+
+def _trials(config: StudyConfig) -> list[RunSpec]:
+    return [RunSpec("mean-var", config.budget, 0, eps, lr, tuning=True)
+            for lr in config.mean_var_lrs for eps in config.eps_betas]
+
+
+def _mean_kl_runs(config: StudyConfig) -> list[RunSpec]:
+    runs = [RunSpec("mean-kl", budget, seed) for budget in config.budgets for seed in range(config.seeds)]
+    if config.ablation_form:
+        runs.append(RunSpec("mean-kl", config.budget, 0, form=config.ablation_form))
+    return runs
+
+
+def _mean_var_runs(config: StudyConfig, chosen: RunSpec) -> list[RunSpec]:
+    """The chosen trial's setting at every budget and seed, trained and judged like Mean-KL."""
+    return [replace(chosen, budget=budget, seed=seed, tuning=False)
+            for budget in config.budgets for seed in range(config.seeds)]
+
+
+def prepare_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None = None) -> None:
+    """Every refusal a part can meet before its runs, so that a command of several parts is
+    refused at once and not after hours of the first: settings, data, its folder, its
+    baselines, and a finished run made with settings the product no longer ships (Mean-Var's
+    runs for whichever trial will win too)."""
+    check_config(config)
+    check_data(config, data_dir)
+    open_study(out, config, preset)
+    _baselines(out, config)
+    trials = _trials(config)
+    for spec in trials + _mean_kl_runs(config) + [run for t in trials for run in _mean_var_runs(config, t)]:
+        finished_run(config, spec, out)
 
 
 def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None = None, jobs: int = 1,
@@ -517,29 +558,18 @@ def run_study(config: StudyConfig, out: Path, preset: str, data_dir: str | None 
     """Every run of the study (resuming what is done), then the figures as JSON."""
     from .figures import write_figures
 
-    check_config(config)
-    check_data(config, data_dir)
-    open_study(out, config, preset)
+    prepare_study(config, out, preset, data_dir)
     with files.exclusive(out):  # two invocations on one part would train the same runs at once
+        open_study(out, config, preset)  # again, now that no other invocation can write it
         summary = _run_part(config, out, preset, data_dir, jobs, log)
-    write_figures(summary, out / "json")
+        write_figures(summary, out / "json")
     return summary
 
 
 def _run_part(config: StudyConfig, out: Path, preset: str, data_dir: str | None, jobs: int, log) -> dict:
     baselines = _baselines(out, config)
     wall_time = WallTimeLog(out, jobs)
-    every_run = [(budget, seed) for budget in config.budgets for seed in range(config.seeds)]
-    trials = [RunSpec("mean-var", config.budget, 0, eps, lr, tuning=True)
-              for lr in config.mean_var_lrs for eps in config.eps_betas]
-    mean_kl = [RunSpec("mean-kl", budget, seed) for budget, seed in every_run]
-    if config.ablation_form:
-        mean_kl.append(RunSpec("mean-kl", config.budget, 0, form=config.ablation_form))
-    # A stale run is refused before any work, not hours later: Mean-Var's runs for whichever
-    # trial will win too.
-    for spec in trials + mean_kl + [replace(t, budget=budget, seed=seed, tuning=False)
-                                     for t in trials for budget, seed in every_run]:
-        finished_run(config, spec, out)
+    trials, mean_kl = _trials(config), _mean_kl_runs(config)
     log(f"study {preset}: {len(trials)} Mean-Var trials (learning and annealing rates, judged on a validation "
         f"split) and {len(mean_kl)} Mean-KL runs")
     wall_time.keep_current()
@@ -547,10 +577,11 @@ def _run_part(config: StudyConfig, out: Path, preset: str, data_dir: str | None,
         first = _run_all(config, trials + mean_kl, out, data_dir, jobs, log, wall_time)
         chosen = choose_mean_var({t: first[t] for t in trials})
         log(f"Mean-Var setting chosen: learning rate {chosen.lr:g}, annealing rate {chosen.eps_beta:g}")
-        mean_var = [replace(chosen, budget=budget, seed=seed, tuning=False) for budget, seed in every_run]
-        runs = {**first, **_run_all(config, mean_var, out, data_dir, jobs, log, wall_time)}
-    finally:  # an interrupted invocation logs its time too
-        wall_time.stop()
+        runs = {**first, **_run_all(config, _mean_var_runs(config, chosen), out, data_dir, jobs, log, wall_time)}
+    except BaseException:
+        wall_time.stop(error_in_flight=True)  # an interrupted invocation logs its time too
+        raise
+    wall_time.stop()
     return {
         "preset": preset, "config": config.to_dict(), "schedule_options": config.schedule_options(),
         "mean_var_chosen": {"lr": chosen.lr, "eps_beta": chosen.eps_beta},
@@ -572,5 +603,5 @@ def _trial_summary(run: dict) -> dict:
             "train_seconds": run["train_seconds"], "decoded_test_accuracy": run["decoded_test_accuracy"]}
 
 
-__all__ = ["PRESETS", "StudyConfig", "RunSpec", "check_data", "get_preset", "open_preset", "part_name", "run_study", "execute_run",
-           "choose_mean_var", "worker_pool"]
+__all__ = ["PRESETS", "StudyConfig", "RunSpec", "check_data", "get_preset", "open_preset", "part_name", "prepare_study",
+           "run_study", "execute_run", "choose_mean_var", "worker_pool"]
