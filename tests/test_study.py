@@ -472,6 +472,18 @@ def test_a_tuning_run_is_trained_and_judged_without_the_test_set(tmp_path, mnist
     assert trainer.num_examples == 60000 - 1000
 
 
+def test_two_jobs_run_the_same_study_as_one(tmp_path, mnist_root):
+    # With two workers the chosen setting's runs are queued as soon as the trials end, beside
+    # the Mean-KL runs: the same runs and choice, listed in the order one process runs them.
+    config = replace(TINY, mean_var_lrs=(1e-3, 1e-2))
+    lines = []
+    two = run_study(config, tmp_path / "two", "tiny", str(mnist_root), jobs=2, log=lines.append)
+    one = run_study(config, tmp_path / "one", "tiny", str(mnist_root), log=lambda line: None)
+    assert list(two["runs"]) == list(one["runs"]) and two["mean_var_chosen"] == one["mean_var_chosen"]
+    chosen_at = next(i for i, line in enumerate(lines) if line.startswith("Mean-Var setting chosen"))
+    assert sum(line.startswith("  done: mean-var") and "_validation" in line for line in lines[:chosen_at]) == 2
+
+
 def test_a_diverged_trial_is_reported_and_never_chosen(tmp_path, mnist_root):
     config = replace(TINY, mean_var_lrs=(1e-3, 1e6))
     summary = run_study(config, tmp_path, "tiny", str(mnist_root), log=lambda line: None)

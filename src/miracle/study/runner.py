@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
@@ -482,22 +482,43 @@ def _exit_when_stopped_or_orphaned(parent_pid: int, stop, poll_seconds: float = 
     os._exit(1)
 
 
-def _run_all(config, specs, out, data_dir, jobs, log, wall_time: WallTimeLog) -> dict[RunSpec, dict]:
+def _run_all(config: StudyConfig, trials: list[RunSpec], mean_kl: list[RunSpec], out: Path, data_dir, jobs: int,
+             log, wall_time: WallTimeLog) -> tuple[dict[RunSpec, dict], RunSpec]:
+    """Every run of the part, and the Mean-Var trial chosen. The trials go first; once they are
+    all done, the chosen setting's runs join the queue behind the Mean-KL runs, so that no
+    worker waits for the others to end a phase."""
     results: dict[RunSpec, dict] = {}
+
+    def finished(spec: RunSpec, result: dict) -> None:
+        results[spec] = result
+        wall_time.update()
+        log(_done_line(spec, result))
+
+    def chosen_trial() -> RunSpec:
+        chosen = choose_mean_var({t: results[t] for t in trials})
+        log(f"Mean-Var setting chosen: learning rate {chosen.lr:g}, annealing rate {chosen.eps_beta:g}")
+        return chosen
+
     if jobs == 1:
-        for spec in specs:
-            results[spec] = execute_run(config, spec, out, data_dir, progress=True)
-            wall_time.update()
-            log(_done_line(spec, results[spec]))
-        return results
+        for spec in trials + mean_kl:
+            finished(spec, execute_run(config, spec, out, data_dir, progress=True))
+        chosen = chosen_trial()
+        for spec in _mean_var_runs(config, chosen):
+            finished(spec, execute_run(config, spec, out, data_dir, progress=True))
+        return results, chosen
+    chosen: RunSpec | None = None
     with worker_pool(jobs) as pool:
-        futures = {pool.submit(execute_run, config, spec, out, data_dir): spec for spec in specs}
-        for future in as_completed(futures):
-            spec = futures[future]
-            results[spec] = future.result()
-            wall_time.update()
-            log(_done_line(spec, results[spec]))
-    return results
+        pending = {pool.submit(execute_run, config, spec, out, data_dir): spec for spec in trials + mean_kl}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                finished(pending.pop(future), future.result())
+            if chosen is None and all(t in results for t in trials):
+                chosen = chosen_trial()
+                pending.update({pool.submit(execute_run, config, spec, out, data_dir): spec
+                                for spec in _mean_var_runs(config, chosen)})
+    in_order = trials + mean_kl + _mean_var_runs(config, chosen)  # as one process would have run them
+    return {spec: results[spec] for spec in in_order}, chosen
 
 
 def _done_line(spec: RunSpec, result: dict) -> str:
@@ -574,10 +595,7 @@ def _run_part(config: StudyConfig, out: Path, preset: str, data_dir: str | None,
         f"split) and {len(mean_kl)} Mean-KL runs")
     wall_time.keep_current()
     try:
-        first = _run_all(config, trials + mean_kl, out, data_dir, jobs, log, wall_time)
-        chosen = choose_mean_var({t: first[t] for t in trials})
-        log(f"Mean-Var setting chosen: learning rate {chosen.lr:g}, annealing rate {chosen.eps_beta:g}")
-        runs = {**first, **_run_all(config, _mean_var_runs(config, chosen), out, data_dir, jobs, log, wall_time)}
+        runs, chosen = _run_all(config, trials, mean_kl, out, data_dir, jobs, log, wall_time)
     except BaseException:
         wall_time.stop(error_in_flight=True)  # an interrupted invocation logs its time too
         raise
