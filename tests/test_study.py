@@ -17,7 +17,7 @@ from miracle import cli, files
 from miracle.errors import InvalidInput, MiracleError
 from miracle.study import StudyConfig, get_preset, part_name, pyplot, run_study, write_index, write_report
 from miracle.study.figures import FIGURE_FILES, write_figures
-from miracle.study.runner import RunSpec, WallTimeLog, _settings, _trainer, check_config, choose_mean_var, execute_run, open_study
+from miracle.study.runner import RunSpec, WallTimeLog, _settings, _trainer, _trials, check_config, choose_mean_var, execute_run, open_study
 from miracle.study.stats import (excess_kurtosis, hill_tail_index, histogram, mean_and_spread,
                                  prune_at_random, prune_by_magnitude, prune_by_signal_to_noise)
 
@@ -438,8 +438,7 @@ def test_a_finished_run_made_with_other_settings_is_refused_before_any_work(tmp_
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [spec.name]  # no other run was started
     # A stale Mean-Var run of the phase after the trials is refused before the trials, too.
     done.write_text(json.dumps(run))
-    [trial] = [RunSpec("mean-var", TINY.budget, 0, eps, lr, tuning=True) for lr in TINY.mean_var_lrs
-               for eps in TINY.eps_betas]
+    [trial] = _trials(TINY)
     final = tmp_path / "runs" / replace(trial, tuning=False).name / "run.json"
     final.parent.mkdir()
     stale = {**_settings(TINY, replace(trial, tuning=False)), "mean_share": 0.95}
@@ -585,7 +584,6 @@ def test_a_study_worker_exits_when_its_parent_is_killed():
 
 _INTERRUPTED_SCRIPT = """
 import sys
-from dataclasses import asdict, replace
 from pathlib import Path
 from miracle.study.runner import StudyConfig, run_study
 config = StudyConfig(**{**%r, "schedule_changes": (("steps", 10 ** 6),)})
