@@ -17,7 +17,8 @@ from miracle import cli, files
 from miracle.errors import InvalidInput, MiracleError
 from miracle.study import StudyConfig, get_preset, part_name, pyplot, run_study, write_index, write_report
 from miracle.study.figures import FIGURE_FILES, write_figures
-from miracle.study.runner import RunSpec, WallTimeLog, _settings, _trainer, _trials, check_config, choose_mean_var, execute_run, open_study
+from miracle.study.runner import (RunSpec, WallTimeLog, _settings, _trainer, _trials, check_config, choose_mean_var,
+                                   execute_run, open_study)
 from miracle.study.stats import (excess_kurtosis, hill_tail_index, histogram, mean_and_spread,
                                  prune_at_random, prune_by_magnitude, prune_by_signal_to_noise)
 
