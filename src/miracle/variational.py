@@ -46,7 +46,7 @@ class VariationalConfig:
     mean_kl_form: str = "free-mean"  # Mean-KL: "free-mean" or "bounded-mean" (see posteriors)
     mean_share: float = 0.5  # Mean-KL free-mean: the largest share of a block's KL its means may take
     beta_initial: float = 1.0  # Mean-Var: initial beta; 1 is the exact ELBO (see training)
-    eps_beta: float = 3e-3  # Mean-Var: annealing rate per step (the study's tuning at lr 1e-2)
+    eps_beta: float = 3e-3  # Mean-Var: annealing rate per step; the study tunes it per model on a validation split
     initial_std_ratio: float = 0.1  # Mean-Var: initial sigma / s
 
     def __post_init__(self) -> None:
