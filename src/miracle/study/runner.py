@@ -402,9 +402,10 @@ WALL_TIME_FILE = "wall_time.json"
 
 class WallTimeLog:
     """The part's wall time, summed over the invocations that ran it: a part run in pieces, or
-    killed and resumed, still adds up. Each invocation has its own entry, rewritten every
-    `heartbeat_seconds` once work has started and after every finished run, so a killed one loses
-    at most a heartbeat (and a refused one, which started no work, writes nothing)."""
+    killed and resumed, still adds up. Each invocation that has runs to make gets its own entry,
+    rewritten every `heartbeat_seconds` from `start` on and after every finished run, so a killed
+    one loses at most a heartbeat. One that was refused, or found every run made (redrawing the
+    report), writes nothing."""
 
     def __init__(self, out: Path, jobs: int, heartbeat_seconds: float = 60.0) -> None:
         self.path = out / WALL_TIME_FILE
@@ -412,7 +413,6 @@ class WallTimeLog:
         self.entries = (read_json(self.path, "restore it, or delete it (the part's wall time is then not measured)")
                         if self.path.exists() else [])
         self.entry = {**provenance(), "jobs": jobs, "runs_finished_before": self._finished(), "seconds": 0.0}
-        self.entries.append(self.entry)
         self.heartbeat_seconds = heartbeat_seconds
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -422,15 +422,18 @@ class WallTimeLog:
         return sum(1 for _ in self.path.parent.glob("runs/*/run.json"))
 
     def update(self) -> None:
+        if self._heartbeat is None:  # not started: no work to log
+            return
         with self._lock:
             self.entry.update(seconds=round(time.perf_counter() - self.started, 1),
                               runs_finished=self._finished() - self.entry["runs_finished_before"])
             files.write_json(self.path, self.entries, indent=1)
 
-    def keep_current(self) -> None:
-        """From now until `stop`, rewrite the entry every heartbeat: a run takes minutes, and a
-        kill between two finished runs should not lose them."""
+    def start(self) -> None:
+        """From now until `stop`, log this invocation and rewrite its entry every heartbeat: a run
+        takes minutes, and a kill between two finished runs should not lose them."""
         if self._heartbeat is None:
+            self.entries.append(self.entry)
             self._heartbeat = threading.Thread(target=self._beat, daemon=True)
             self._heartbeat.start()
 
@@ -593,7 +596,8 @@ def _run_part(config: StudyConfig, out: Path, preset: str, data_dir: str | None,
     trials, mean_kl = _trials(config), _mean_kl_runs(config)
     log(f"study {preset}: {len(trials)} Mean-Var trials (learning and annealing rates, judged on a validation "
         f"split) and {len(mean_kl)} Mean-KL runs")
-    wall_time.keep_current()
+    if not _all_made(config, trials, mean_kl, out):
+        wall_time.start()
     try:
         runs, chosen = _run_all(config, trials, mean_kl, out, data_dir, jobs, log, wall_time)
     except BaseException:
@@ -612,6 +616,14 @@ def _run_part(config: StudyConfig, out: Path, preset: str, data_dir: str | None,
         "wall_time": wall_time.entries,
         **provenance(),
     }
+
+
+def _all_made(config: StudyConfig, trials: list[RunSpec], mean_kl: list[RunSpec], out: Path) -> bool:
+    made = {spec: finished_run(config, spec, out) for spec in trials + mean_kl}
+    if any(run is None for run in made.values()):
+        return False
+    chosen = choose_mean_var({t: made[t] for t in trials})
+    return all(finished_run(config, spec, out) is not None for spec in _mean_var_runs(config, chosen))
 
 
 def _trial_summary(run: dict) -> dict:
