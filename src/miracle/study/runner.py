@@ -409,7 +409,7 @@ class WallTimeLog:
 
     def __init__(self, out: Path, jobs: int, heartbeat_seconds: float = 60.0) -> None:
         self.path = out / WALL_TIME_FILE
-        self.started = time.perf_counter()
+        self.started = 0.0
         self.entries = (read_json(self.path, "restore it, or delete it (the part's wall time is then not measured)")
                         if self.path.exists() else [])
         self.entry = {**provenance(), "jobs": jobs, "runs_finished_before": self._finished(), "seconds": 0.0}
@@ -433,6 +433,7 @@ class WallTimeLog:
         """From now until `stop`, log this invocation and rewrite its entry every heartbeat: a run
         takes minutes, and a kill between two finished runs should not lose them."""
         if self._heartbeat is None:
+            self.started = time.perf_counter()
             self.entries.append(self.entry)
             self._heartbeat = threading.Thread(target=self._beat, daemon=True)
             self._heartbeat.start()
