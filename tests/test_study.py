@@ -15,6 +15,7 @@ from conftest import run_cli
 from miracle.config import CompressConfig
 from miracle import cli, files
 from miracle.errors import InvalidInput, MiracleError
+from miracle.provenance import provenance
 from miracle.study import StudyConfig, get_preset, part_name, pyplot, run_study, write_index, write_report
 from miracle.study.figures import FIGURE_FILES, write_figures
 from miracle.study.runner import (RunSpec, WallTimeLog, _settings, _trainer, _trials, check_config, choose_mean_var,
@@ -399,6 +400,7 @@ def test_a_run_killed_after_training_codes_without_training_again(tmp_path, mnis
     assert run["curve"][-1]["test_accuracy_sample"] == run["final"]["test_accuracy_sample"]
     assert run["size_bytes"] == (run_dir / "model.mrc").stat().st_size
     assert [p["fraction"] for p in run["pruning"]] == [0.0, 0.9]
+    assert run["finished_by"]["git_commit"] == provenance()["git_commit"]
     for order in ("pruning", "pruning_signal_to_noise", "pruning_random"):  # nothing pruned: the decoded file
         assert run[order][0]["test_accuracy"] == run["decoded_test_accuracy"]
     # As a kill during coding leaves it: trained, checkpoint at the end of training, no file.
@@ -536,8 +538,9 @@ def test_a_resumed_run_leaves_the_process_at_its_own_thread_count(tmp_path, mnis
         trainer.save_checkpoint()
     finally:
         torch.set_num_threads(mine)
-    execute_run(TINY, spec, tmp_path, str(mnist_root))
+    run = execute_run(TINY, spec, tmp_path, str(mnist_root))
     assert torch.get_num_threads() == mine
+    assert f", {other} threads," in run["finished_by"]["machine"]  # the run's own, recorded
 
 
 def test_a_part_in_use_by_another_invocation_is_refused(tmp_path, mnist_root):

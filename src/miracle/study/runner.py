@@ -334,6 +334,8 @@ def _execute_run(config: StudyConfig, spec: RunSpec, out: Path, data_dir: str | 
     run = {
         **trained,
         "settings": _settings(config, spec),
+        # The commit and the thread count decide a run's arithmetic, so its floating-point path.
+        "finished_by": provenance(),
         "size_bytes": result.size_bytes,
         "decoded_test_accuracy": accuracy(decoded, test),
         "coding_seconds": round(coding_seconds, 2),
@@ -352,7 +354,7 @@ def _diverged_trial(config: StudyConfig, spec: RunSpec, out: Path, error: Traini
     run_dir = out / "runs" / spec.name
     curve = read_json(run_dir / "curve.json") if (run_dir / "curve.json").exists() else []
     reason = str(error).split(";")[0]  # the rest advises options the study does not take
-    run = {"settings": _settings(config, spec), "diverged": reason, "curve": curve,
+    run = {"settings": _settings(config, spec), "finished_by": provenance(), "diverged": reason, "curve": curve,
            "train_seconds": curve[-1]["seconds"] if curve else 0.0, "coding_seconds": 0.0,
            "decoded_test_accuracy": None}
     files.write_json(run_dir / "run.json", run, indent=1)
