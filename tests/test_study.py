@@ -587,8 +587,9 @@ def test_a_study_worker_exits_when_its_parent_is_killed():
 
 
 _INTERRUPTED_SCRIPT = """
-import sys
+import faulthandler, signal, sys
 from pathlib import Path
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # where it hangs, should it ever
 from miracle.study.runner import StudyConfig, run_study
 config = StudyConfig(**{**%r, "schedule_changes": (("steps", 10 ** 6),)})
 run_study(config, Path(sys.argv[1]), "tiny", sys.argv[2], jobs=2, log=lambda line: None)
@@ -601,31 +602,63 @@ def _workers_of(pid: int) -> list[int]:
     return [child for child in pids if b"spawn_main" in open(f"/proc/{child}/cmdline", "rb").read()]
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads child processes from /proc")
-def test_an_interrupt_stops_a_parallel_study_at_once_and_logs_its_time(tmp_path, mnist_root):
-    # The signal goes to the parent alone (as from `kill -INT`): its workers, in the middle of
-    # runs a million steps long, must stop too instead of being waited for.
+def _parallel_study_in_its_runs(tmp_path, mnist_root) -> tuple[subprocess.Popen, list[int]]:
+    """A `--jobs 2` study in another process, once both workers are in runs a million steps long."""
     script = _INTERRUPTED_SCRIPT % {k: v for k, v in asdict(TINY).items() if k != "schedule_changes"}
-    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(mnist_root)],
-                              stderr=subprocess.DEVNULL)
+    # A file, not a pipe: the workers share the parent's stderr, so a pipe's end would wait for them.
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "study"), str(mnist_root)],
+                                  stderr=stderr)
     deadline = time.monotonic() + 120
-    while len(list(tmp_path.glob("runs/*/curve.json"))) < 2 and time.monotonic() < deadline:
+    while len(list(tmp_path.glob("study/runs/*/curve.json"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
-    workers = _workers_of(parent.pid)
-    parent.send_signal(signal.SIGINT)
+    return parent, _workers_of(parent.pid)
+
+
+def _wait_for_the_end_of(parent: subprocess.Popen, workers: list[int], stderr_path) -> None:
+    """The parent exits within 30 s and its workers within 15 s more; none is left behind either way."""
     try:
-        parent.wait(timeout=30)
+        try:
+            parent.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            parent.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            stacks = stderr_path.read_text()
+            pytest.fail(f"the parent did not exit within 30 s; its threads:\n{stacks}")
+        deadline = time.monotonic() + 15
+        while any(map(_running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(map(_running, workers))
     finally:
         for pid in workers + [parent.pid]:
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)  # no stray process after a failure
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads child processes from /proc")
+def test_an_interrupt_stops_a_parallel_study_at_once_and_logs_its_time(tmp_path, mnist_root):
+    # The signal goes to the parent alone (as from `kill -INT`): its workers, in the middle of
+    # runs a million steps long, must stop too instead of being waited for.
+    parent, workers = _parallel_study_in_its_runs(tmp_path, mnist_root)
+    parent.send_signal(signal.SIGINT)
+    _wait_for_the_end_of(parent, workers, tmp_path / "stderr.txt")
     assert len(workers) == 2 and parent.returncode != 0
-    deadline = time.monotonic() + 15
-    while any(map(_running, workers)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(map(_running, workers))
-    [entry] = json.loads((tmp_path / "wall_time.json").read_text())
+    assert "KeyboardInterrupt" in (tmp_path / "stderr.txt").read_text()
+    [entry] = json.loads((tmp_path / "study" / "wall_time.json").read_text())
     assert entry["runs_finished"] == 0 and entry["seconds"] > 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads child processes from /proc")
+def test_a_worker_killed_from_outside_ends_a_parallel_study_with_a_clear_error(tmp_path, mnist_root):
+    # As the out-of-memory killer would: the parent must report it, not wait for the dead worker.
+    parent, workers = _parallel_study_in_its_runs(tmp_path, mnist_root)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    _wait_for_the_end_of(parent, workers, tmp_path / "stderr.txt")
+    assert parent.returncode != 0
+    assert "WorkerDied: a worker process of the study died" in (tmp_path / "stderr.txt").read_text()
+    [entry] = json.loads((tmp_path / "study" / "wall_time.json").read_text())
+    assert entry["runs_finished"] == 0
 
 
 def test_rerunning_a_finished_study_resumes_instead_of_starting_over(tmp_path, mnist_root):

@@ -16,3 +16,7 @@ class InvalidInput(MiracleError, ValueError):
 
 class DataNotFound(MiracleError, FileNotFoundError):
     """A dataset is missing or fails its checksum."""
+
+
+class WorkerDied(MiracleError):
+    """A process of several doing the work died from outside (killed, out of memory)."""

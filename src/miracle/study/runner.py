@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
@@ -44,7 +45,7 @@ from .. import files
 from ..budget import Budget
 from ..compress import build_trainer, decompress, index_bits_for, run_compression
 from ..config import CompressConfig
-from ..errors import InvalidInput, MiracleError
+from ..errors import InvalidInput, MiracleError, WorkerDied
 from ..models import create_model, get_model_spec, model_names
 from ..posteriors import LN2
 from ..presets import get_preset as get_schedule
@@ -463,27 +464,38 @@ class WallTimeLog:
 def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     """``jobs`` processes of one thread each (two 2-thread processes on 2 cores stall each
     other). An interrupt or an error in the parent stops them at once: otherwise a worker would
-    go on with its run and the pool would wait for it, and then start the next."""
+    go on with its run and the pool would wait for it, and then start the next. A worker that
+    dies (killed, out of memory) is a :class:`WorkerDied`; the others stop too."""
     context = get_context("spawn")
-    stop = context.Event()
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
-                             initargs=(1, os.getpid(), stop)) as pool:
+    # The workers watch a pipe only the parent can write to. It is never written: its end of
+    # file, when the parent closes it or dies however it dies, is the signal to stop. (A shared
+    # multiprocessing.Event would hang the parent's set() for good once a worker had died
+    # waiting on it.)
+    stop_reader, stop_writer = context.Pipe(duplex=False)
+    with stop_reader, stop_writer, ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
+                                                       initargs=(1, stop_reader)) as pool:
         try:
             yield pool
+        except BrokenProcessPool:
+            stop_writer.close()
+            raise WorkerDied("a worker process of the study died (killed by the system, perhaps out of memory); "
+                             "the runs finished so far are saved: run the same command again to resume, "
+                             "with fewer --jobs if memory is short") from None
         except BaseException:
-            stop.set()
+            stop_writer.close()
             raise
 
 
-def _worker_init(threads: int, parent_pid: int, stop) -> None:
+def _worker_init(threads: int, stop_reader) -> None:
     torch.set_num_threads(threads)
-    threading.Thread(target=_exit_when_stopped_or_orphaned, args=(parent_pid, stop), daemon=True).start()
+    threading.Thread(target=_exit_when_told, args=(stop_reader,), daemon=True).start()
 
 
-def _exit_when_stopped_or_orphaned(parent_pid: int, stop, poll_seconds: float = 1.0) -> None:
-    # Also when the parent is killed outright (SIGTERM, SIGKILL), which cannot stop its pool. Runs
-    # save atomically, so leaving mid-run is safe: the next `miracle study` resumes them.
-    while os.getppid() == parent_pid and not stop.wait(poll_seconds):
+def _exit_when_told(stop_reader) -> None:
+    # Runs save atomically, so leaving mid-run is safe: the next `miracle study` resumes them.
+    try:
+        stop_reader.recv_bytes()
+    except (EOFError, OSError):
         pass
     os._exit(1)
 
