@@ -27,6 +27,25 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def machine() -> str:
+    """The architecture, the processor and the vector instructions torch's kernels use, the
+    thread count and torch's version: together they decide a run's floating-point path, so a run
+    repeats bit for bit only where they are the same."""
+    return (f"{platform.machine()}, {_processor()}, {torch.backends.cpu.get_cpu_capability()} kernels, "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+
+
+def _processor() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown processor"
+
+
 def provenance() -> dict:
     commit = _git("rev-parse", "HEAD")
     # Changed result files do not make the code dirty (a run may overwrite its own result file).
@@ -39,5 +58,5 @@ def provenance() -> dict:
         "command": shlex.join(argv),
         "git_commit": commit,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine(),
     }
