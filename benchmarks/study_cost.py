@@ -26,7 +26,9 @@ def _runs(part: Path) -> list[dict]:
     runs = []
     for path in sorted(part.glob("runs/*/run.json")):
         run = json.loads(path.read_text())
-        fields = path.parent.name.split("_")  # param[-form]_budget[_lr.._eps..]_seedN[_validation]
+        # From the folder's name, param[-form]_budget[_lr.._eps..]_seedN[_validation]: runs made
+        # before run.json recorded its settings have no other record of them.
+        fields = path.parent.name.split("_")
         runs.append({"budget": fields[1], "seed": int(next(f for f in fields if f.startswith("seed"))[4:]),
                      "trial": fields[-1] == "validation",
                      "seconds": run["train_seconds"] + (run.get("coding_seconds") or 0.0)})
@@ -35,19 +37,24 @@ def _runs(part: Path) -> list[dict]:
 
 def _options(main_budgets: dict[str, str]) -> dict[str, Callable[[str, dict], bool]]:
     """Each option keeps a run when it returns True for (part, run)."""
-    def other_budget(part, run):
-        return not run["trial"] and run["budget"] != main_budgets[part]
+    def one_seed_at_other_budgets(part, run):
+        return run["trial"] or run["budget"] == main_budgets[part] or run["seed"] == MAIN_SEED
+
+    def without_2kb(part, run):
+        return run["budget"] != "2KB"
+
+    def without_lenet300(part, run):
+        return part != "lenet300-mnist"
 
     return {
         "as specified": lambda part, run: True,
-        "without the LeNet-300 part": lambda part, run: part != "lenet300-mnist",
-        "without the 2 KB budget": lambda part, run: run["budget"] != "2KB",
-        "one seed at the budgets other than the main one":
-            lambda part, run: not other_budget(part, run) or run["seed"] == MAIN_SEED,
+        "without the LeNet-300 part": without_lenet300,
+        "without the 2 KB budget": without_2kb,
+        "one seed at the budgets other than the main one": one_seed_at_other_budgets,
         "one seed at the other budgets, without the 2 KB budget":
-            lambda part, run: run["budget"] != "2KB" and (not other_budget(part, run) or run["seed"] == MAIN_SEED),
+            lambda part, run: without_2kb(part, run) and one_seed_at_other_budgets(part, run),
         "one seed at the other budgets, without the LeNet-300 part":
-            lambda part, run: part != "lenet300-mnist" and (not other_budget(part, run) or run["seed"] == MAIN_SEED),
+            lambda part, run: without_lenet300(part, run) and one_seed_at_other_budgets(part, run),
         "the main budget only (three seeds), every part":
             lambda part, run: run["trial"] or run["budget"] == main_budgets[part],
     }

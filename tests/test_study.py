@@ -612,7 +612,12 @@ def _parallel_study_in_its_runs(tmp_path, mnist_root) -> tuple[subprocess.Popen,
     deadline = time.monotonic() + 120
     while len(list(tmp_path.glob("study/runs/*/curve.json"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
-    return parent, _workers_of(parent.pid)
+    workers = _workers_of(parent.pid)
+    if len(list(tmp_path.glob("study/runs/*/curve.json"))) < 2:
+        for pid in workers + [parent.pid]:
+            os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"the study's two workers were not both in a run after 120 s:\n{(tmp_path / 'stderr.txt').read_text()}")
+    return parent, workers
 
 
 def _wait_for_the_end_of(parent: subprocess.Popen, workers: list[int], stderr_path) -> None:

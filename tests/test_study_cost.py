@@ -12,6 +12,7 @@ def test_the_cost_of_fewer_runs_is_estimated_from_the_committed_study(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_cost.py"), "--study", str(STUDY),
                     "--out", str(out)], check=True, capture_output=True)
     estimates = json.loads(out.read_text())["estimates"]
+    assert estimates == json.loads((STUDY / "cost_options.json").read_text())["estimates"]  # the README's figures
     measured = {part.name: json.loads((part / "json" / "cost.json").read_text())["wall_seconds_from_scratch"] / 3600
                 for part in STUDY.iterdir() if (part / "json" / "cost.json").exists()}
     whole = estimates["as specified"]

@@ -8,6 +8,7 @@ import resource
 import shlex
 import subprocess
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -35,6 +36,7 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads, torch {torch.__version__}")
 
 
+@lru_cache(maxsize=None)
 def _processor() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -43,7 +45,7 @@ def _processor() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown processor"
+    return "unknown processor"
 
 
 def provenance() -> dict:

@@ -467,22 +467,20 @@ def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     go on with its run and the pool would wait for it, and then start the next. A worker that
     dies (killed, out of memory) is a :class:`WorkerDied`; the others stop too."""
     context = get_context("spawn")
-    # The workers watch a pipe only the parent can write to. It is never written: its end of
-    # file, when the parent closes it or dies however it dies, is the signal to stop. (A shared
-    # multiprocessing.Event would hang the parent's set() for good once a worker had died
-    # waiting on it.)
+    # The workers watch a pipe that only the parent can write to and never does: its end of file,
+    # when the parent closes it or dies however it dies, is their signal to stop. (Not a shared
+    # multiprocessing.Event: its set() hangs once a waiting process has died, CPython gh-75158.)
     stop_reader, stop_writer = context.Pipe(duplex=False)
-    with stop_reader, stop_writer, ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
-                                                       initargs=(1, stop_reader)) as pool:
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(1, stop_reader))
+    with stop_reader, stop_writer, pool:
         try:
             yield pool
-        except BrokenProcessPool:
-            stop_writer.close()
-            raise WorkerDied("a worker process of the study died (killed by the system, perhaps out of memory); "
-                             "the runs finished so far are saved: run the same command again to resume, "
-                             "with fewer --jobs if memory is short") from None
-        except BaseException:
-            stop_writer.close()
+        except BaseException as exc:
+            stop_writer.close()  # now: leaving the pool's `with` waits for the workers' runs to end
+            if isinstance(exc, BrokenProcessPool):
+                raise WorkerDied("a worker process of the study died (killed from outside, out of memory say, or "
+                                 "crashed); the runs finished so far are saved: run the same command again to "
+                                 "resume, with fewer --jobs if memory is short") from exc
             raise
 
 
