@@ -614,8 +614,7 @@ def _parallel_study_in_its_runs(tmp_path, mnist_root) -> tuple[subprocess.Popen,
         time.sleep(0.2)
     workers = _workers_of(parent.pid)
     if len(list(tmp_path.glob("study/runs/*/curve.json"))) < 2:
-        for pid in workers + [parent.pid]:
-            os.kill(pid, signal.SIGKILL)
+        _kill_left_over(workers + [parent.pid])
         pytest.fail(f"the study's two workers were not both in a run after 120 s:\n{(tmp_path / 'stderr.txt').read_text()}")
     return parent, workers
 
@@ -635,9 +634,13 @@ def _wait_for_the_end_of(parent: subprocess.Popen, workers: list[int], stderr_pa
             time.sleep(0.2)
         assert not any(map(_running, workers))
     finally:
-        for pid in workers + [parent.pid]:
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)  # no stray process after a failure
+        _kill_left_over(workers + [parent.pid])
+
+
+def _kill_left_over(pids: list[int]) -> None:
+    for pid in pids:
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)  # no stray process after a failure
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads child processes from /proc")

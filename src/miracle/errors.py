@@ -19,4 +19,4 @@ class DataNotFound(MiracleError, FileNotFoundError):
 
 
 class WorkerDied(MiracleError):
-    """A process of several doing the work died from outside (killed, out of memory)."""
+    """A process of several doing the work died: killed from outside (out of memory, say) or crashed."""

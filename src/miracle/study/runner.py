@@ -465,7 +465,7 @@ def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     """``jobs`` processes of one thread each (two 2-thread processes on 2 cores stall each
     other). An interrupt or an error in the parent stops them at once: otherwise a worker would
     go on with its run and the pool would wait for it, and then start the next. A worker that
-    dies (killed, out of memory) is a :class:`WorkerDied`; the others stop too."""
+    dies (killed from outside, or crashed) is a :class:`WorkerDied`; the others stop too."""
     context = get_context("spawn")
     # The workers watch a pipe that only the parent can write to and never does: its end of file,
     # when the parent closes it or dies however it dies, is their signal to stop. (Not a shared
