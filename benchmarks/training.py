@@ -9,11 +9,14 @@ The three are timed in interleaved rounds (plain, Mean-KL, Mean-Var, plain, ...)
 change in the machine's load hits all three alike; each figure is the median over rounds of
 the mean step time in a round. With ``--busy`` another process spins on one core in some
 rounds and is stopped in the others, so that three conditions are measured in the same run:
-idle with the product's threads, idle with one thread, and busy with the product's threads. The threading is the product's (:mod:`miracle.threads`: as many threads as cores are idle
-when the run starts, the other process already running) unless ``--threads`` fixes it.
+idle with the product's threads, idle with one thread, and busy with the product's threads.
+With ``--layouts`` each step is also timed with the model in the default memory layout. The
+threading is the product's (:mod:`miracle.threads`: as many threads as cores are idle when the
+run starts, the other process already running) unless ``--threads`` fixes it.
 
     python benchmarks/training.py --json           # one JSON line
     python benchmarks/training.py --busy --json    # the same with one core kept busy
+    python benchmarks/training.py --layouts --json # also each step in the default memory layout
 """
 
 from __future__ import annotations
@@ -56,11 +59,19 @@ class PlainStep:
         self.step += 1
 
 
-def make_steppers(model_name: str, budget: str, batch_size: int, data) -> dict:
-    steppers = {"plain": PlainStep(create_model(model_name), data, CompressConfig(batch_size=batch_size))}
-    for key, param in (("mean_kl", "mean-kl"), ("mean_var", "mean-var")):
-        config = CompressConfig(budget=budget, param=param, batch_size=batch_size)
-        steppers[key] = build_trainer(create_model(model_name), data, config, None, model_name=model_name)
+def make_steppers(model_name: str, budget: str, batch_size: int, data, layouts: bool = False) -> dict:
+    """The steps to time; with ``layouts`` also the same three steps of the model kept in the
+    default (contiguous) memory layout instead of its own (channels_last for the built-in
+    convolutional models)."""
+    models = {"": lambda: create_model(model_name)}
+    if layouts:
+        models["_contiguous"] = lambda: create_model(model_name).to(memory_format=torch.contiguous_format)
+    steppers = {}
+    for suffix, new_model in models.items():
+        steppers["plain" + suffix] = PlainStep(new_model(), data, CompressConfig(batch_size=batch_size))
+        for key, param in (("mean_kl", "mean-kl"), ("mean_var", "mean-var")):
+            config = CompressConfig(budget=budget, param=param, batch_size=batch_size)
+            steppers[key + suffix] = build_trainer(new_model(), data, config, None, model_name=model_name)
     return steppers
 
 
@@ -98,6 +109,8 @@ def main() -> None:
     parser.add_argument("--threads", default=threads.AUTO,
                         help="a thread count, or auto (the product's default: the cores idle at the start)")
     parser.add_argument("--busy", action="store_true", help="keep one core busy in another process")
+    parser.add_argument("--layouts", action="store_true",
+                        help="also time the model in the default memory layout instead of its own")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps-per-round", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=10)
@@ -106,7 +119,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data = load("mnist", "train", args.data_dir)
-    steppers = make_steppers(args.model, args.budget, args.batch_size, data)
+    steppers = make_steppers(args.model, args.budget, args.batch_size, data, args.layouts)
     # The product's choice, made as a run would make it: with the other process running or not.
     conditions = [("idle", threads.use_threads(args.threads))]
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
@@ -126,6 +139,10 @@ def main() -> None:
         result.update({f"{prefix}{key}_ms": value for key, value in step_ms.items()})
         result[f"{prefix}mean_kl_over_plain"] = round(step_ms["mean_kl"] / step_ms["plain"], 3)
         result[f"{prefix}mean_kl_over_mean_var"] = round(step_ms["mean_kl"] / step_ms["mean_var"], 3)
+        if args.layouts:
+            result.update({f"{prefix}{key}_contiguous_over_own_layout": round(step_ms[key + "_contiguous"]
+                                                                              / step_ms[key], 3)
+                           for key in ("plain", "mean_kl", "mean_var")})
     if busy:  # the target: a step with one core busy against a one-thread step on an idle machine
         result.update({f"busy_over_idle_1_thread_{key}": round(ms["busy"][key] / ms["idle_1_thread"][key], 3)
                        for key in steppers})

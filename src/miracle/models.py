@@ -145,6 +145,11 @@ class LeNet5(nn.Module):
         self.conv2 = nn.Conv2d(20, 50, 5)
         self.fc1 = nn.Linear(800, 500)
         self.fc2 = nn.Linear(500, 10)
+        # In channels_last oneDNN's convolutions and max-pooling take a training step about
+        # 1.4 times faster on a CPU (benchmarks/training.py --layouts); the posterior's samples
+        # follow the parameters' layout. (The VGG gained 7% in it, and a committed file of it
+        # would score one test image differently: it keeps the default layout.)
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x):
         x = nn.functional.max_pool2d(self.conv_activation(self.conv1(x)), 2)
