@@ -181,13 +181,15 @@ def speed_table() -> str:
     rows = ["| ms per step | plain | Mean-KL | Mean-Var | Mean-KL / plain | Mean-KL / Mean-Var | command |",
             "|---|---|---|---|---|---|---|"]
 
-    def row(label: str, record: dict, prefix: str) -> str:
-        ms = [record[f"{prefix}{kind}_ms"] for kind in ("plain", "mean_kl", "mean_var")]
+    def row(label: str, record: dict, prefix: str, layout: str = "") -> str:
+        ms = [record[f"{prefix}{kind}{layout}_ms"] for kind in ("plain", "mean_kl", "mean_var")]
         return (f"| {label} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} | {ms[1] / ms[0]:.2f} | {ms[1] / ms[2]:.2f} "
                 f"| `python benchmarks/{record['command']}` |")
 
-    rows += [row("idle, 2 threads", idle, ""), row("idle, 1 thread", busy, "idle_1_thread_"),
-             row(f"one core busy, `--threads auto` ({busy['threads']['busy']} thread)", busy, "busy_")]
+    for label, record, prefix in (("idle, 2 threads", idle, ""), ("idle, 1 thread", busy, "idle_1_thread_"),
+                                  (f"one core busy, `--threads auto` ({busy['threads']['busy']} thread)", busy,
+                                   "busy_")):
+        rows += [row(label, record, prefix), row(f"{label}, default memory layout", record, prefix, "_contiguous")]
     return "\n".join(rows)
 
 
