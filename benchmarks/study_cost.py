@@ -2,10 +2,14 @@
 
 Each part's wall time from scratch (its `wall_time.json`, with `--jobs 2`) is scaled by the
 share of its training and coding seconds that an option keeps: evaluation, checkpoints and a
-worker idle at the end are assumed to shrink in proportion. Prints one JSON line with every
-option's estimate and writes it to --out.
+worker idle at the end are assumed to shrink in proportion. The study's LeNet-5 runs trained
+in the default memory layout; with --layouts (what benchmarks/layouts.py measured) every
+option is estimated again with the parts whose model now trains in channels_last divided by
+the measured ratio of a whole compression's seconds in the two layouts. Prints one JSON line
+with every estimate and writes it to --out.
 
-    python benchmarks/study_cost.py --study results/study-full --out results/study-full/cost_options.json
+    python benchmarks/study_cost.py --study results/study-full \
+        --layouts results/benchmarks/layouts-compress.json --out results/study-full/cost_options.json
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from miracle import files
+from miracle.models import create_model
 from miracle.provenance import provenance
 from miracle.study.runner import PRESETS, part_name
 
@@ -60,9 +65,20 @@ def _options(main_budgets: dict[str, str]) -> dict[str, Callable[[str, dict], bo
     }
 
 
+def _divided(estimate: dict, parts: set[str], ratio: float) -> dict:
+    hours = {name: round(h / ratio, 2) if name in parts else h for name, h in estimate["wall_hours_by_part"].items()}
+    return {**estimate, "wall_hours": round(sum(hours.values()), 2), "wall_hours_by_part": hours}
+
+
+def in_channels_last(model_name: str) -> bool:
+    return any(p.dim() == 4 and not p.is_contiguous() for p in create_model(model_name).parameters())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="results/study-full", help="a folder of `miracle study --preset full`")
+    parser.add_argument("--layouts", default=None,
+                        help="the JSON of benchmarks/layouts.py: also estimate with LeNet-5 in channels_last")
     parser.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     args = parser.parse_args()
     study = Path(args.study)
@@ -83,6 +99,12 @@ def main() -> None:
     result = {"study": str(study), "estimates": estimates,
               "note": "wall hours with --jobs 2: each part's measured wall time from scratch scaled by the "
                       "training and coding seconds the option keeps", **provenance()}
+    if args.layouts:
+        ratio = json.loads(Path(args.layouts).read_text())["default_over_channels_last"]["seconds"]
+        faster = {name for name in parts if in_channels_last(configs[name].model)}
+        result["channels_last"] = {
+            "layouts": args.layouts, "default_over_channels_last": ratio, "parts": sorted(faster),
+            "estimates": {option: _divided(estimate, faster, ratio) for option, estimate in estimates.items()}}
     print(json.dumps(result))
     if args.out:
         files.write_json(args.out, result)

@@ -92,6 +92,23 @@ def test_the_lenet5_models_train_in_channels_last(name):
                                vmodel(x, generator=torch.Generator().manual_seed(1)))
 
 
+def test_lenet5_pools_before_its_relu_with_the_same_outputs_and_gradients():
+    def activate_then_pool(model, x):
+        x = nn.functional.max_pool2d(nn.functional.relu(model.conv1(x)), 2)
+        x = nn.functional.max_pool2d(nn.functional.relu(model.conv2(x)), 2)
+        return model.fc2(nn.functional.relu(model.fc1(x.flatten(1))))
+
+    model = create_model("lenet5-relu", seed=4)
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    results = []
+    for forward in (model, lambda x: activate_then_pool(model, x)):
+        model.zero_grad()
+        out = forward(x)
+        out.square().sum().backward()
+        results.append([out.detach(), *(p.grad.clone() for p in model.parameters())])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 class StandardisedConv(nn.Module):
     """Weight standardisation views its weight as [out, in * kh * kw], which only the default
     layout allows."""
