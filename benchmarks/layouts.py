@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from miracle import compress
+from miracle import compress, files
 from miracle.batches import accuracy
 from miracle.data import load
 from miracle.models import create_model
@@ -88,8 +88,7 @@ def main() -> None:
     }
     print(json.dumps(figures))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
+        files.write_json(args.out, figures)
 
 
 if __name__ == "__main__":
