@@ -19,6 +19,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from miracle import files
 from miracle.models import create_model
 from miracle.provenance import provenance
@@ -70,15 +72,17 @@ def _divided(estimate: dict, parts: set[str], ratio: float) -> dict:
     return {**estimate, "wall_hours": round(sum(hours.values()), 2), "wall_hours_by_part": hours}
 
 
-def in_channels_last(model_name: str) -> bool:
-    return any(p.dim() == 4 and not p.is_contiguous() for p in create_model(model_name).parameters())
+def trains_in_channels_last(model_name: str) -> bool:
+    return any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in create_model(model_name).parameters())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="results/study-full", help="a folder of `miracle study --preset full`")
     parser.add_argument("--layouts", default=None,
-                        help="the JSON of benchmarks/layouts.py: also estimate with LeNet-5 in channels_last")
+                        help="the JSON of benchmarks/layouts.py: also estimate a study made in the default layout "
+                             "(as results/study-full was) with its LeNet-5 parts in channels_last")
     parser.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     args = parser.parse_args()
     study = Path(args.study)
@@ -101,7 +105,7 @@ def main() -> None:
                       "training and coding seconds the option keeps", **provenance()}
     if args.layouts:
         ratio = json.loads(Path(args.layouts).read_text())["default_over_channels_last"]["seconds"]
-        faster = {name for name in parts if in_channels_last(configs[name].model)}
+        faster = {name for name in parts if trains_in_channels_last(configs[name].model)}
         result["channels_last"] = {
             "layouts": args.layouts, "default_over_channels_last": ratio, "parts": sorted(faster),
             "estimates": {option: _divided(estimate, faster, ratio) for option, estimate in estimates.items()}}

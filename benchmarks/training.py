@@ -62,10 +62,10 @@ class PlainStep:
 def make_steppers(model_name: str, budget: str, batch_size: int, data, layouts: bool = False) -> dict:
     """The steps to time; with ``layouts`` also the same three steps of the model kept in the
     default (contiguous) memory layout instead of its own (channels_last for the built-in
-    convolutional models)."""
+    LeNet-5)."""
     models = {"": lambda: create_model(model_name)}
     if layouts:
-        models["_contiguous"] = lambda: create_model(model_name).to(memory_format=torch.contiguous_format)
+        models["_default_layout"] = lambda: create_model(model_name).to(memory_format=torch.contiguous_format)
     steppers = {}
     for suffix, new_model in models.items():
         steppers["plain" + suffix] = PlainStep(new_model(), data, CompressConfig(batch_size=batch_size))
@@ -140,8 +140,8 @@ def main() -> None:
         result[f"{prefix}mean_kl_over_plain"] = round(step_ms["mean_kl"] / step_ms["plain"], 3)
         result[f"{prefix}mean_kl_over_mean_var"] = round(step_ms["mean_kl"] / step_ms["mean_var"], 3)
         if args.layouts:
-            result.update({f"{prefix}{key}_contiguous_over_own_layout": round(step_ms[key + "_contiguous"]
-                                                                              / step_ms[key], 3)
+            result.update({f"{prefix}{key}_default_layout_over_own_layout":
+                           round(step_ms[key + "_default_layout"] / step_ms[key], 3)
                            for key in ("plain", "mean_kl", "mean_var")})
     if busy:  # the target: a step with one core busy against a one-thread step on an idle machine
         result.update({f"busy_over_idle_1_thread_{key}": round(ms["busy"][key] / ms["idle_1_thread"][key], 3)

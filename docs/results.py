@@ -189,7 +189,9 @@ def speed_table() -> str:
     for label, record, prefix in (("idle, 2 threads", idle, ""), ("idle, 1 thread", busy, "idle_1_thread_"),
                                   (f"one core busy, `--threads auto` ({busy['threads']['busy']} thread)", busy,
                                    "busy_")):
-        rows += [row(label, record, prefix), row(f"{label}, default memory layout", record, prefix, "_contiguous")]
+        rows.append(row(label, record, prefix))
+        if f"{prefix}plain_default_layout_ms" in record:  # measured with --layouts
+            rows.append(row(f"{label}, default memory layout", record, prefix, "_default_layout"))
     return "\n".join(rows)
 
 

@@ -1,10 +1,15 @@
 import errno
 import json
 import os
+from pathlib import Path
 
 import pytest
+import torch
 
+import miracle
 from conftest import run_cli
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 BASE = ["train", "--model", "lenet5", "--dataset", "mnist", "--index-budget", "1.5KB", "--steps", "2", "--quiet"]
 
@@ -95,3 +100,14 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_keeping_the_last_good_one(tmp_p
     assert error.count("\n") == 1 and f"cannot write {run / 'checkpoint.pt'}: no space left on the device" in error
     assert load_checkpoint(run / "checkpoint.pt")["step"] == saves[0] == 2
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_decompress_writes_the_decoded_weights_in_the_default_layout(tmp_path):
+    mrc = RESULTS / "lenet5-relu-mnist-mean-kl.mrc"
+    result = run_cli("decompress", str(mrc), "-o", str(tmp_path / "weights.pt"))
+    assert result.returncode == 0, result.stderr
+    written = torch.load(tmp_path / "weights.pt", weights_only=True)
+    decoded = miracle.decompress(mrc).state_dict()
+    assert decoded["conv2.weight"].is_contiguous(memory_format=torch.channels_last)  # as LeNet-5 trains
+    assert all(tensor.is_contiguous() for tensor in written.values())  # as other tools expect
+    assert all(torch.equal(written[name], decoded[name]) for name in decoded)

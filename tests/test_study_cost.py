@@ -37,4 +37,6 @@ def test_the_cost_of_fewer_runs_is_estimated_from_the_committed_study(tmp_path):
     for option, estimate in estimates.items():
         before, after = estimate["wall_hours_by_part"], channels_last["estimates"][option]["wall_hours_by_part"]
         assert after["lenet300-mnist"] == before["lenet300-mnist"], option
-        assert after["lenet5-relu-mnist"] == round(before["lenet5-relu-mnist"] / ratio, 2), option
+        for part in channels_last["parts"]:
+            assert abs(after[part] - before[part] / ratio) <= 0.005, (option, part)
+        assert channels_last["estimates"][option]["wall_hours"] == round(sum(after.values()), 2), option

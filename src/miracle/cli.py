@@ -304,7 +304,9 @@ def cmd_decompress(args) -> dict:
     check_writable(args.output)
     model = decompress(args.file, _receiver_model(args))
     out = Path(args.output)
-    files.save_torch(model.state_dict(), out)
+    # The default layout, whatever the model trains in: what other tools (safetensors,
+    # parameters_to_vector) expect.
+    files.save_torch({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, out)
     return {"output": str(out), "model": read_mrc(args.file).model_name,
             "parameters": sum(p.numel() for p in model.parameters())}
 

@@ -137,6 +137,8 @@ class LeNet5(nn.Module):
     """The Caffe LeNet-5: conv 20@5x5, maxpool, conv 50@5x5, maxpool, fc 800-500, ReLU, fc 500-10.
     No activation after the convolutions (only max-pooling), as in Caffe's own example."""
 
+    # Applied after each convolution's pooling: it must be non-decreasing (so that a max
+    # commutes with it), as the identity and ReLU are.
     conv_activation = staticmethod(lambda x: x)
 
     def __init__(self) -> None:
@@ -147,13 +149,12 @@ class LeNet5(nn.Module):
         self.fc2 = nn.Linear(500, 10)
         # In channels_last oneDNN's convolutions and max-pooling take a training step about
         # 1.4 times faster on a CPU (benchmarks/training.py --layouts); the posterior's samples
-        # follow the parameters' layout. (The VGG gained 7% in it, and a committed file of it
-        # would score one test image differently: it keeps the default layout.)
+        # follow the parameters' layout. (The VGG gains much less and keeps the default.)
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x):
-        # Pooling before the activation gives the same outputs and gradients (a max commutes
-        # with ReLU) and activates a quarter as many values: a step 5% faster.
+        # Pooling before the activation gives the same outputs and gradients and activates a
+        # quarter as many values.
         x = self.conv_activation(nn.functional.max_pool2d(self.conv1(x), 2))
         x = self.conv_activation(nn.functional.max_pool2d(self.conv2(x), 2))
         x = nn.functional.relu(self.fc1(x.flatten(1)))
@@ -163,7 +164,8 @@ class LeNet5(nn.Module):
 @register_model("lenet5-relu", group_sizes=LENET5_HASHING)
 class LeNet5ReLU(LeNet5):
     """The LeNet-5 of the official MIRACLE code, which its published 0.96% comes from: the same
-    layers and parameters, with a ReLU after each convolution. It trains much better under the
+    layers and parameters, with a ReLU after each convolution (applied after its pooling, which
+    is the same). It trains much better under the
     posterior's noise (results/experiments/lenet5-relu.json). Its own name, because a file
     cannot tell the two apart by their parameters' names and shapes."""
 

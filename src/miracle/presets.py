@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from .errors import InvalidInput
 
-# The README's first command, meant for about six minutes of two cores (10,400 steps): 1.07%
-# at 1.52 KB in 6.0 minutes (results/demo-lenet5-relu-mnist.json). At 3.03 KB: 0.74% over
-# five seeds (results/schedule/lenet5-relu-mnist-3.03KB-mean-kl-demo-*).
+# The README's first command, meant for a few minutes of two cores (10,400 steps; what it gives
+# at 1.52 KB: results/demo-lenet5-relu-mnist.json). At 3.03 KB: 0.74% over five seeds
+# (results/schedule/lenet5-relu-mnist-3.03KB-mean-kl-demo-*).
 _DEMO = dict(steps=5000, kl_anneal_from=32.0, kl_anneal_steps=2000, blocks_per_group=20, retrain_steps=150,
              rule="greedy", random_shift_px=0)
 

@@ -211,8 +211,7 @@ class VariationalModel(nn.Module):
         (``weight.view(...)``) keeps it."""
         params = dict(self.model.named_parameters())
         return {name: value if value.stride() == params[name].stride()
-                else torch.empty_strided(value.shape, params[name].stride(), dtype=value.dtype,
-                                         device=value.device).copy_(value)
+                else torch.empty_like(params[name], dtype=value.dtype, device=value.device).copy_(value)
                 for name, value in weights.items()}
 
     @torch.no_grad()
