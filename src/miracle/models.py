@@ -165,9 +165,9 @@ class LeNet5(nn.Module):
 class LeNet5ReLU(LeNet5):
     """The LeNet-5 of the official MIRACLE code, which its published 0.96% comes from: the same
     layers and parameters, with a ReLU after each convolution (applied after its pooling, which
-    is the same). It trains much better under the
-    posterior's noise (results/experiments/lenet5-relu.json). Its own name, because a file
-    cannot tell the two apart by their parameters' names and shapes."""
+    is the same). It trains much better under the posterior's noise
+    (results/experiments/lenet5-relu.json). Its own name, because a file cannot tell the two
+    apart by their parameters' names and shapes."""
 
     conv_activation = staticmethod(nn.functional.relu)
 
