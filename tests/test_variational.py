@@ -88,7 +88,8 @@ def test_the_lenet5_models_train_in_channels_last(name):
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     contiguous = VariationalModel(create_model(name).to(memory_format=torch.contiguous_format), vmodel.config)
     contiguous.load_state_dict(vmodel.state_dict())
-    vmodel.eval(), contiguous.eval()
+    vmodel.eval()
+    contiguous.eval()
     torch.testing.assert_close(contiguous(x, generator=torch.Generator().manual_seed(1)),
                                vmodel(x, generator=torch.Generator().manual_seed(1)))
 
