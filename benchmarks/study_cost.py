@@ -2,14 +2,15 @@
 
 Each part's wall time from scratch (its `wall_time.json`, with `--jobs 2`) is scaled by the
 share of its training and coding seconds that an option keeps: evaluation, checkpoints and a
-worker idle at the end are assumed to shrink in proportion. The study's LeNet-5 runs trained
-in the default memory layout; with --layouts (what benchmarks/layouts.py measured) every
-option is estimated again with the parts whose model now trains in channels_last divided by
-the measured ratio of a whole compression's seconds in the two layouts. Prints one JSON line
-with every estimate and writes it to --out.
+worker idle at the end are assumed to shrink in proportion. A part made before LeNet-5 trained
+in channels_last, named with --default-layout-parts, is estimated again in channels_last by
+dividing it by the measured ratio of a whole compression's seconds in the two layouts (the JSON
+of benchmarks/layouts.py, --layouts). Prints one JSON line with every estimate and writes it
+to --out.
 
     python benchmarks/study_cost.py --study results/study-full \
-        --layouts results/benchmarks/layouts-compress.json --out results/study-full/cost_options.json
+        --layouts results/benchmarks/layouts-compress.json --default-layout-parts lenet5-relu-fashion-mnist \
+        --out results/study-full/cost_options.json
 """
 
 from __future__ import annotations
@@ -19,10 +20,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from miracle import files
-from miracle.models import create_model
 from miracle.provenance import provenance
 from miracle.study.runner import PRESETS, part_name
 
@@ -72,25 +70,27 @@ def _divided(estimate: dict, parts: set[str], ratio: float) -> dict:
     return {**estimate, "wall_hours": round(sum(hours.values()), 2), "wall_hours_by_part": hours}
 
 
-def trains_in_channels_last(model_name: str) -> bool:
-    return any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-               for p in create_model(model_name).parameters())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="results/study-full", help="a folder of `miracle study --preset full`")
     parser.add_argument("--layouts", default=None,
-                        help="the JSON of benchmarks/layouts.py: also estimate a study made in the default layout "
-                             "(as results/study-full was) with its LeNet-5 parts in channels_last")
+                        help="the JSON of benchmarks/layouts.py: also estimate every option with the parts made in "
+                             "the default layout in channels_last")
+    parser.add_argument("--default-layout-parts", nargs="+", default=[], metavar="PART",
+                        help="the parts made before LeNet-5 trained in channels_last (with --layouts)")
     parser.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     args = parser.parse_args()
+    if bool(args.layouts) != bool(args.default_layout_parts):
+        parser.error("--layouts and --default-layout-parts go together")
     study = Path(args.study)
     configs = {part_name(config): config for config in PRESETS["full"]}
     parts = {name: (_runs(study / name), json.loads((study / name / "json" / "cost.json").read_text()))
              for name in configs if (study / name / "json" / "cost.json").exists()}
     if not parts:
         raise SystemExit(f"{study} holds no part of the full study with a json/cost.json; run `miracle study` first")
+    unknown = set(args.default_layout_parts) - set(parts)
+    if unknown:
+        raise SystemExit(f"{study} has no measured part {', '.join(sorted(unknown))}; its parts: {', '.join(parts)}")
     options = _options({name: configs[name].budget for name in parts})
     estimates = {}
     for option, keeps in options.items():
@@ -105,7 +105,7 @@ def main() -> None:
                       "training and coding seconds the option keeps", **provenance()}
     if args.layouts:
         ratio = json.loads(Path(args.layouts).read_text())["default_over_channels_last"]["seconds"]
-        faster = {name for name in parts if trains_in_channels_last(configs[name].model)}
+        faster = set(args.default_layout_parts)
         result["channels_last"] = {
             "layouts": args.layouts, "default_over_channels_last": ratio, "parts": sorted(faster),
             "estimates": {option: _divided(estimate, faster, ratio) for option, estimate in estimates.items()}}
