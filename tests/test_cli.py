@@ -1,6 +1,10 @@
 import errno
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,3 +115,19 @@ def test_decompress_writes_the_decoded_weights_in_the_default_layout(tmp_path):
     assert decoded["conv2.weight"].is_contiguous(memory_format=torch.channels_last)  # as LeNet-5 trains
     assert all(tensor.is_contiguous() for tensor in written.values())  # as other tools expect
     assert all(torch.equal(written[name], decoded[name]) for name in decoded)
+
+
+def test_sigterm_stops_a_command_as_an_interrupt_does_keeping_its_checkpoint(tmp_path, mnist_root):
+    out = tmp_path / "run"
+    args = _replace(BASE, "--steps", "100000") + ["--checkpoint-every", "5", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "miracle", *args], env={**os.environ, "MIRACLE_DATA": str(mnist_root)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert stderr == "miracle: interrupted; run the same command again to resume\n"
+    assert (out / "checkpoint.pt").exists()

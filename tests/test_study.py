@@ -590,9 +590,11 @@ _INTERRUPTED_SCRIPT = """
 import faulthandler, signal, sys
 from pathlib import Path
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # where it hangs, should it ever
+from miracle.cli import sigterm_as_interrupt
 from miracle.study.runner import StudyConfig, run_study
 config = StudyConfig(**{**%r, "schedule_changes": (("steps", 10 ** 6),)})
-run_study(config, Path(sys.argv[1]), "tiny", sys.argv[2], jobs=2, log=lambda line: None)
+with sigterm_as_interrupt():
+    run_study(config, Path(sys.argv[1]), "tiny", sys.argv[2], jobs=2, log=lambda line: None)
 """
 
 
@@ -644,11 +646,12 @@ def _kill_left_over(pids: list[int]) -> None:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads child processes from /proc")
-def test_an_interrupt_stops_a_parallel_study_at_once_and_logs_its_time(tmp_path, mnist_root):
-    # The signal goes to the parent alone (as from `kill -INT`): its workers, in the middle of
-    # runs a million steps long, must stop too instead of being waited for.
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_stops_a_parallel_study_at_once_and_logs_its_time(tmp_path, mnist_root, signal_number):
+    # The signal goes to the parent alone (as from `kill -INT` or `kill`): its workers, in the
+    # middle of runs a million steps long, must stop too instead of being waited for.
     parent, workers = _parallel_study_in_its_runs(tmp_path, mnist_root)
-    parent.send_signal(signal.SIGINT)
+    parent.send_signal(signal_number)
     _wait_for_the_end_of(parent, workers, tmp_path / "stderr.txt")
     assert len(workers) == 2 and parent.returncode != 0
     assert "KeyboardInterrupt" in (tmp_path / "stderr.txt").read_text()

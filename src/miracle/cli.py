@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import functools
 import json
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -468,10 +470,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (from `kill`, a batch scheduler, torchrun) stops a command as Ctrl-C does: the
+    work saved so far stays, a study logs its wall time, and the same command resumes. Python's
+    default would end the process on the spot. (A job started in the background by a script
+    ignores Ctrl-C's SIGINT, so SIGTERM is how one stops it.)"""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        result = args.func(args)
+        with sigterm_as_interrupt():
+            result = args.func(args)
     except MiracleError as exc:
         print(f"miracle: error: {exc}", file=sys.stderr)
         return 2
