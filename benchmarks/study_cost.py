@@ -2,15 +2,10 @@
 
 Each part's wall time from scratch (its `wall_time.json`, with `--jobs 2`) is scaled by the
 share of its training and coding seconds that an option keeps: evaluation, checkpoints and a
-worker idle at the end are assumed to shrink in proportion. A part made before LeNet-5 trained
-in channels_last, named with --default-layout-parts, is estimated again in channels_last by
-dividing it by the measured ratio of a whole compression's seconds in the two layouts (the JSON
-of benchmarks/layouts.py, --layouts). Prints one JSON line with every estimate and writes it
-to --out.
+worker idle at the end are assumed to shrink in proportion. Prints one JSON line with every
+estimate and writes it to --out.
 
-    python benchmarks/study_cost.py --study results/study-full \
-        --layouts results/benchmarks/layouts-compress.json --default-layout-parts lenet5-relu-fashion-mnist \
-        --out results/study-full/cost_options.json
+    python benchmarks/study_cost.py --study results/study-full --out results/study-full/cost_options.json
 """
 
 from __future__ import annotations
@@ -65,32 +60,17 @@ def _options(main_budgets: dict[str, str]) -> dict[str, Callable[[str, dict], bo
     }
 
 
-def _divided(estimate: dict, parts: set[str], ratio: float) -> dict:
-    hours = {name: round(h / ratio, 2) if name in parts else h for name, h in estimate["wall_hours_by_part"].items()}
-    return {**estimate, "wall_hours": round(sum(hours.values()), 2), "wall_hours_by_part": hours}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="results/study-full", help="a folder of `miracle study --preset full`")
-    parser.add_argument("--layouts", default=None,
-                        help="the JSON of benchmarks/layouts.py: also estimate every option with the parts made in "
-                             "the default layout in channels_last")
-    parser.add_argument("--default-layout-parts", nargs="+", default=[], metavar="PART",
-                        help="the parts made before LeNet-5 trained in channels_last (with --layouts)")
     parser.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     args = parser.parse_args()
-    if bool(args.layouts) != bool(args.default_layout_parts):
-        parser.error("--layouts and --default-layout-parts go together")
     study = Path(args.study)
     configs = {part_name(config): config for config in PRESETS["full"]}
     parts = {name: (_runs(study / name), json.loads((study / name / "json" / "cost.json").read_text()))
              for name in configs if (study / name / "json" / "cost.json").exists()}
     if not parts:
         raise SystemExit(f"{study} holds no part of the full study with a json/cost.json; run `miracle study` first")
-    unknown = set(args.default_layout_parts) - set(parts)
-    if unknown:
-        raise SystemExit(f"{study} has no measured part {', '.join(sorted(unknown))}; its parts: {', '.join(parts)}")
     options = _options({name: configs[name].budget for name in parts})
     estimates = {}
     for option, keeps in options.items():
@@ -103,12 +83,6 @@ def main() -> None:
     result = {"study": str(study), "estimates": estimates,
               "note": "wall hours with --jobs 2: each part's measured wall time from scratch scaled by the "
                       "training and coding seconds the option keeps", **provenance()}
-    if args.layouts:
-        ratio = json.loads(Path(args.layouts).read_text())["default_over_channels_last"]["seconds"]
-        faster = set(args.default_layout_parts)
-        result["channels_last"] = {
-            "layouts": args.layouts, "default_over_channels_last": ratio, "parts": sorted(faster),
-            "estimates": {option: _divided(estimate, faster, ratio) for option, estimate in estimates.items()}}
     print(json.dumps(result))
     if args.out:
         files.write_json(args.out, result)
