@@ -4,7 +4,8 @@ test accuracy of the decoded network as one JSON line.
 
     python benchmarks/retraining.py runs/a/checkpoint.pt --group 10 --retrain 100 --retrain-lr 1e-2
 
-It does what `miracle compress --from CHECKPOINT` does, without writing a file; the result files
+Options left out are the checkpoint's own. It does what `miracle compress --from CHECKPOINT`
+does, without writing a file; the result files
 results/experiments/retraining*.json were made with it (one thread, two runs at a time).
 """
 
@@ -15,7 +16,7 @@ import time
 import torch
 
 from miracle.compress import build_trainer
-from miracle.config import CompressConfig
+from miracle.config import CODING_FIELDS, CompressConfig
 from miracle.data import load
 from miracle.models import create_model
 from miracle.progressive import code_progressively
@@ -26,19 +27,20 @@ from miracle.training import accuracy, evaluate_posterior, load_checkpoint
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
-    parser.add_argument("--group", type=int, default=CompressConfig.blocks_per_group)
-    parser.add_argument("--retrain", type=int, default=CompressConfig.retrain_steps)
-    parser.add_argument("--retrain-lr", type=float, default=None)
-    parser.add_argument("--retrain-lr-schedule", default=CompressConfig.retrain_lr_schedule)
-    parser.add_argument("--rule", default=CompressConfig.rule)
+    # Every coding option left out is the checkpoint's own (a preset's rule, say), so that a
+    # probe changes only what it names.
+    parser.add_argument("--group", type=int, dest="blocks_per_group")
+    parser.add_argument("--retrain", type=int, dest="retrain_steps")
+    parser.add_argument("--retrain-lr", type=float)
+    parser.add_argument("--retrain-lr-schedule")
+    parser.add_argument("--rule")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     state = load_checkpoint(args.checkpoint)
     identity = state["identity"]
-    config = CompressConfig.from_dict(identity["config"]).replace(
-        steps=state["step"], blocks_per_group=args.group, retrain_steps=args.retrain, retrain_lr=args.retrain_lr,
-        retrain_lr_schedule=args.retrain_lr_schedule, rule=args.rule)
+    coding_options = {name: getattr(args, name) for name in CODING_FIELDS if getattr(args, name) is not None}
+    config = CompressConfig.from_dict(identity["config"]).replace(steps=state["step"], **coding_options)
     train, test = load(identity["dataset"], "train"), load(identity["dataset"], "test")
     trainer = build_trainer(create_model(identity["model"], config.seed), train, config, None,
                             model_name=identity["model"], data_name=identity["dataset"])
