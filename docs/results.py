@@ -63,6 +63,8 @@ def skipped(parts: tuple[str, ...]) -> bool:
 def seeds_of(record: dict) -> str:
     if "seeds" in record:
         return ", ".join(map(str, record["seeds"])) if isinstance(record["seeds"], list) else str(record["seeds"])
+    if "seed" in record:
+        return str(record["seed"])
     if isinstance(record.get("config"), dict) and "seed" in record["config"]:
         return str(record["config"]["seed"])
     if isinstance(record.get("config"), dict) and isinstance(record["config"].get("seeds"), int):  # a study
