@@ -5,8 +5,8 @@ test accuracy of the decoded network as one JSON line.
     python benchmarks/retraining.py runs/a/checkpoint.pt --group 10 --retrain 100 --retrain-lr 1e-2
 
 Options left out are the checkpoint's own. It does what `miracle compress --from CHECKPOINT`
-does, without writing a file; the result files
-results/experiments/retraining*.json were made with it (one thread, two runs at a time).
+does, without writing a file; results/experiments/retraining*.json and coding-schedule.json were
+made with it (one thread, two runs at a time).
 """
 
 import argparse
