@@ -4,9 +4,10 @@ test accuracy of the decoded network as one JSON line.
 
     python benchmarks/retraining.py runs/a/checkpoint.pt --group 10 --retrain 100 --retrain-lr 1e-2
 
-Options left out are the checkpoint's own. It does what `miracle compress --from CHECKPOINT`
-does, without writing a file; results/experiments/retraining*.json and coding-schedule.json were
-made with it (one thread, two runs at a time).
+Coding options left out are the checkpoint's own (a preset's rule, say), so a probe changes
+only what it names. It does what `miracle compress --from CHECKPOINT` does, without writing a
+file; results/experiments/retraining*.json and coding-schedule.json were made with it (one
+thread, two runs at a time; benchmarks/coding_schedule.py summarises its lines).
 """
 
 import argparse
@@ -27,8 +28,6 @@ from miracle.training import accuracy, evaluate_posterior, load_checkpoint
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
-    # Every coding option left out is the checkpoint's own (a preset's rule, say), so that a
-    # probe changes only what it names.
     parser.add_argument("--group", type=int, dest="blocks_per_group")
     parser.add_argument("--retrain", type=int, dest="retrain_steps")
     parser.add_argument("--retrain-lr", type=float)
