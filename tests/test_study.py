@@ -18,8 +18,8 @@ from miracle.errors import InvalidInput, MiracleError
 from miracle.provenance import provenance
 from miracle.study import StudyConfig, get_preset, part_name, pyplot, run_study, write_index, write_report
 from miracle.study.figures import FIGURE_FILES, write_figures
-from miracle.study.runner import (RunSpec, WallTimeLog, _settings, _trainer, _trials, check_config, choose_mean_var,
-                                   execute_run, open_study)
+from miracle.study.runner import (RunSpec, WallTimeLog, _mean_kl_runs, _mean_var_runs, _settings, _trainer, _trials,
+                                   check_config, choose_mean_var, execute_run, open_study)
 from miracle.study.stats import (excess_kurtosis, hill_tail_index, histogram, mean_and_spread,
                                  prune_at_random, prune_by_magnitude, prune_by_signal_to_noise)
 
@@ -310,6 +310,17 @@ def test_the_full_preset_has_the_three_parts_on_the_shipped_schedule():
     assert parts[0].budgets == ("1.52KB", "1KB", "2KB", "3.03KB") and parts[2].budgets == ("1.52KB",)
     assert all(p.seeds >= 3 and p.validation_examples > 0 for p in parts)
     assert parts[2].mean_var_lrs == (3e-3, 1e-2, 3e-2)  # LeNet-300's Mean-Var is best beyond LeNet-5's grid
+
+
+def test_the_main_preset_makes_exactly_the_full_presets_runs_at_the_main_budget():
+    def runs(part, chosen):
+        specs = _trials(part) + _mean_kl_runs(part) + _mean_var_runs(part, chosen)
+        return {spec.name: _settings(part, spec) for spec in specs}
+
+    for main, full in zip(get_preset("main"), get_preset("full"), strict=True):
+        chosen = _trials(full)[-1]
+        of_full = {name: s for name, s in runs(full, chosen).items() if s["budget"] == full.budget}
+        assert runs(main, chosen) == of_full and main.budgets == (full.budget,)
 
 
 def test_a_damaged_test_split_is_refused_before_the_folder_is_made(tmp_path, mnist_root):

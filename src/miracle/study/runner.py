@@ -119,6 +119,9 @@ PRESETS: dict[str, tuple[StudyConfig, ...]] = {
              # LeNet-5 that step is worse (mean-var-grid-lenet5-relu-*.json).
              replace(_LENET5_MNIST, model="lenet300", other_budgets=(), mean_var_lrs=(3e-3, 1e-2, 3e-2))),
 }
+# The full preset's main comparison alone: every part at its main budget, without the sweep of
+# other budgets, in under half the time. Its runs are the full preset's runs of that budget.
+PRESETS["main"] = tuple(replace(part, other_budgets=()) for part in PRESETS["full"])
 
 
 @dataclass(frozen=True)
