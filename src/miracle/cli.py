@@ -449,8 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=cmd_inspect, printer=print_inspect)
 
     study = sub.add_parser("study", help="Mean-KL against Mean-Var: runs, figures as JSON, report.md")
-    study.add_argument("--preset", required=True, help="quick (minutes); full (LeNet-5 on MNIST and Fashion-MNIST, LeNet-300-100 on MNIST, "
-                       "four budgets; hours); main (full at its main budget alone)")
+    study.add_argument("--preset", required=True,
+                       help="quick (minutes); full (LeNet-5 on MNIST and Fashion-MNIST, LeNet-300-100 on MNIST, "
+                            "four budgets; hours); main (full at its main budget alone)")
     study.add_argument("--out", required=True, help="study folder; the same command again resumes it")
     study.add_argument("--budget", default=None, help="file budget of every part's main comparison (default: the preset's)")
     study.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
