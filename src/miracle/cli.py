@@ -26,7 +26,7 @@ from .posteriors import POSTERIORS, MeanKL
 from .presets import PRESETS, get_preset
 from .provenance import peak_rss_mb, provenance
 from .published import MIRACLE_LENET5_MNIST
-from .training import DEFAULT_LR, DEFAULT_RETRAIN_LR, LR_SCHEDULES, accuracy, evaluate_posterior, load_checkpoint
+from .training import DEFAULT_LR, DEFAULT_RETRAIN_LR, LR_SCHEDULES, PRECISIONS, accuracy, evaluate_posterior, load_checkpoint
 from .variational import VariationalModel
 
 
@@ -67,6 +67,8 @@ def _config_options(p: argparse.ArgumentParser, coding: bool) -> None:
     add("--kl-anneal-steps", type=int, help="training steps over which the budget narrows to the real one")
     add("--random-shift-px", type=int,
         help="move each training image by up to this many pixels along each axis (default 0: no shifts)")
+    add("--precision", choices=tuple(PRECISIONS),
+        help=f"arithmetic of the network in training and retraining (default {d.precision}; see the README)")
     add("--checkpoint-every", type=int, help=f"training steps between two checkpoints (default {d.checkpoint_every})")
     if coding:
         add("--blocks-per-group", type=int, help=f"blocks coded between two retrainings (default {d.blocks_per_group})")

@@ -45,6 +45,7 @@ class CompressConfig:
     kl_anneal_from: float = TrainConfig.kl_anneal_from
     kl_anneal_steps: int = TrainConfig.kl_anneal_steps
     random_shift_px: int = TrainConfig.random_shift_px
+    precision: str = TrainConfig.precision
     checkpoint_every: int = TrainConfig.checkpoint_every
     # Coding.
     blocks_per_group: int = CodingConfig.blocks_per_group
@@ -113,7 +114,7 @@ class CompressConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, lr_schedule=self.lr_schedule,
                            seed=self.seed, weight_samples=self.weight_samples, kl_anneal_from=self.kl_anneal_from,
                            kl_anneal_steps=self.kl_anneal_steps, random_shift_px=self.random_shift_px,
-                           checkpoint_every=self.checkpoint_every)
+                           precision=self.precision, checkpoint_every=self.checkpoint_every)
 
     def coding(self) -> CodingConfig:
         return CodingConfig(self.blocks_per_group, self.retrain_steps, self.rule, coder_seed=self.seed,
