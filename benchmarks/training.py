@@ -10,13 +10,15 @@ change in the machine's load hits all three alike; each figure is the median ove
 the mean step time in a round. With ``--busy`` another process spins on one core in some
 rounds and is stopped in the others, so that three conditions are measured in the same run:
 idle with the product's threads, idle with one thread, and busy with the product's threads.
-With ``--layouts`` each step is also timed with the model in the default memory layout. The
+With ``--layouts`` each step is also timed with the model in the default memory layout, with
+``--bfloat16`` in the product's bfloat16 precision (``--precision bfloat16``). The
 threading is the product's (:mod:`miracle.threads`: as many threads as cores are idle when the
 run starts, the other process already running) unless ``--threads`` fixes it.
 
     python benchmarks/training.py --json           # one JSON line
     python benchmarks/training.py --busy --json    # the same with one core kept busy
     python benchmarks/training.py --layouts --json # also each step in the default memory layout
+    python benchmarks/training.py --bfloat16 --json # also each step in bfloat16
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from miracle.config import CompressConfig
 from miracle.data import load
 from miracle.models import create_model, model_names
 from miracle.provenance import provenance
+from miracle.training import autocast
 
 
 class PlainStep:
@@ -52,25 +55,32 @@ class PlainStep:
 
     def train_step(self) -> None:
         index = batch_indices(self.step, len(self.data), self.config.batch_size, self.config.seed)
-        loss = nn.functional.cross_entropy(self.model(self.data.images[index]), self.data.labels[index])
+        with autocast(self.config.precision, self.data.images.device):
+            outputs = self.model(self.data.images[index])
+        loss = nn.functional.cross_entropy(outputs.float(), self.data.labels[index])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.step += 1
 
 
-def make_steppers(model_name: str, budget: str, batch_size: int, data, layouts: bool = False) -> dict:
+def make_steppers(model_name: str, budget: str, batch_size: int, data, layouts: bool = False,
+                  bfloat16: bool = False) -> dict:
     """The steps to time; with ``layouts`` also the same three steps of the model kept in the
     default (contiguous) memory layout instead of its own (channels_last for the built-in
-    LeNet-5)."""
-    models = {"": lambda: create_model(model_name)}
+    LeNet-5), with ``bfloat16`` also the same three steps in bfloat16."""
+    variants = {"": (lambda: create_model(model_name), "float32")}
     if layouts:
-        models["_default_layout"] = lambda: create_model(model_name).to(memory_format=torch.contiguous_format)
+        variants["_default_layout"] = (
+            lambda: create_model(model_name).to(memory_format=torch.contiguous_format), "float32")
+    if bfloat16:
+        variants["_bfloat16"] = (lambda: create_model(model_name), "bfloat16")
     steppers = {}
-    for suffix, new_model in models.items():
-        steppers["plain" + suffix] = PlainStep(new_model(), data, CompressConfig(batch_size=batch_size))
+    for suffix, (new_model, precision) in variants.items():
+        steppers["plain" + suffix] = PlainStep(new_model(), data, CompressConfig(batch_size=batch_size,
+                                                                               precision=precision))
         for key, param in (("mean_kl", "mean-kl"), ("mean_var", "mean-var")):
-            config = CompressConfig(budget=budget, param=param, batch_size=batch_size)
+            config = CompressConfig(budget=budget, param=param, batch_size=batch_size, precision=precision)
             steppers[key + suffix] = build_trainer(new_model(), data, config, None, model_name=model_name)
     return steppers
 
@@ -111,6 +121,7 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true", help="keep one core busy in another process")
     parser.add_argument("--layouts", action="store_true",
                         help="also time the model in the default memory layout instead of its own")
+    parser.add_argument("--bfloat16", action="store_true", help="also time every step in bfloat16")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps-per-round", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=10)
@@ -119,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data = load("mnist", "train", args.data_dir)
-    steppers = make_steppers(args.model, args.budget, args.batch_size, data, args.layouts)
+    steppers = make_steppers(args.model, args.budget, args.batch_size, data, args.layouts, args.bfloat16)
     # The product's choice, made as a run would make it: with the other process running or not.
     conditions = [("idle", threads.use_threads(args.threads))]
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
@@ -142,6 +153,9 @@ def main() -> None:
         if args.layouts:
             result.update({f"{prefix}{key}_default_layout_over_own_layout":
                            round(step_ms[key + "_default_layout"] / step_ms[key], 3)
+                           for key in ("plain", "mean_kl", "mean_var")})
+        if args.bfloat16:
+            result.update({f"{prefix}{key}_float32_over_bfloat16": round(step_ms[key] / step_ms[key + "_bfloat16"], 3)
                            for key in ("plain", "mean_kl", "mean_var")})
     if busy:  # the target: a step with one core busy against a one-thread step on an idle machine
         result.update({f"busy_over_idle_1_thread_{key}": round(ms["busy"][key] / ms["idle_1_thread"][key], 3)

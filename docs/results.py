@@ -194,6 +194,10 @@ def speed_table() -> str:
         rows.append(row(label, record, prefix))
         if f"{prefix}plain_default_layout_ms" in record:  # measured with --layouts
             rows.append(row(f"{label}, default memory layout", record, prefix, "_default_layout"))
+    bfloat16 = json.loads((RESULTS / "benchmarks" / "training-bfloat16.json").read_text())
+    for label, prefix in (("idle, 2 threads", ""), ("idle, 1 thread", "idle_1_thread_")):
+        rows += [row(f"{label}, float32 (same run as below)", bfloat16, prefix),
+                 row(f"{label}, `--precision bfloat16`", bfloat16, prefix, "_bfloat16")]
     return "\n".join(rows)
 
 

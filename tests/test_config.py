@@ -29,7 +29,7 @@ def test_every_option_reaches_its_field():
     values = {"budget": "2KB", "param": "mean-var", "bits_per_block": "12", "include": "fc*", "exclude": "fc3*",
               "kl_bits": "11.5", "mean_kl_form": "bounded-mean", "mean_share": "0.6", "beta_initial": "0.5", "eps_beta": "0.01",
               "steps": "77", "batch_size": "64", "lr": "0.003", "lr_schedule": "constant", "weight_samples": "2",
-              "kl_anneal_from": "4", "kl_anneal_steps": "10", "random_shift_px": "2", "checkpoint_every": "5", "blocks_per_group": "3",
+              "kl_anneal_from": "4", "kl_anneal_steps": "10", "random_shift_px": "2", "precision": "bfloat16", "checkpoint_every": "5", "blocks_per_group": "3",
               "retrain_steps": "4", "retrain_lr": "0.002", "retrain_lr_schedule": "cosine", "rule": "ordered",
               "seed": "9"}
     argv = ["compress", "-o", "x.mrc", "--no-hashing"]
@@ -57,6 +57,7 @@ def test_the_configuration_round_trips_through_its_dict():
     (dict(param="mean-std"), "unknown parameterisation"),
     (dict(rule="best"), "rule"),
     (dict(lr_schedule="linear"), "learning-rate schedule"),
+    (dict(precision="float16"), "unknown precision 'float16'"),
     (dict(stepz=3), "unknown option(s) stepz"),
     (dict(mean_share=1.0), "mean_share"),
     (dict(checkpoint_every=0), "checkpoint_every"),

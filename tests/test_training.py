@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from miracle.data import Split
+from miracle.errors import InvalidInput
 from miracle.models import create_model, get_model_spec
 from miracle.training import TrainConfig, Trainer, TrainingDiverged
 from miracle.variational import VariationalConfig, VariationalModel
@@ -115,7 +116,7 @@ def test_a_checkpoint_from_before_a_new_training_setting_still_resumes(mnist_tra
     # Checkpoints stopped omitting the means' share before its default changed from 0.95.
     Trainer(_vmodel("mean-kl", mean_share=0.95), small, TrainConfig(steps=2, batch_size=50), tmp_path).run(progress=False)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    for added_later in ("weight_samples", "kl_anneal_from", "kl_anneal_steps"):
+    for added_later in ("weight_samples", "kl_anneal_from", "kl_anneal_steps", "precision"):
         del state["identity"]["train"][added_later]
     del state["identity"]["variational"]["mean_share"]
     torch.save(state, tmp_path / "checkpoint.pt")
@@ -127,6 +128,25 @@ def test_a_checkpoint_from_before_a_new_training_setting_still_resumes(mnist_tra
     with pytest.raises(Exception, match="other settings"):  # a setting that differs is still refused
         Trainer(_vmodel("mean-kl", mean_share=0.95), small, TrainConfig(steps=6, batch_size=50, weight_samples=2),
                 tmp_path).run(progress=False)
+
+
+def test_bfloat16_runs_the_network_in_bfloat16_and_keeps_the_rest_in_float32(mnist_train):
+    small = Split(mnist_train.images[:200], mnist_train.labels[:200])
+    steps = {}
+    for precision in ("float32", "bfloat16"):
+        trainer = Trainer(_vmodel("mean-kl"), small, TrainConfig(steps=5, batch_size=20, precision=precision))
+        dtypes = []
+        trainer.vmodel.model.conv2.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+        steps[precision] = trainer.train_step()
+        assert dtypes == [getattr(torch, precision)]
+        assert {p.dtype for p in trainer.vmodel.parameters()} == {torch.float32}
+        assert all(p.grad is None or p.grad.dtype == torch.float32 for p in trainer.vmodel.parameters())
+    # The same batch and weight sample, rounded differently: close, not equal.
+    assert steps["bfloat16"]["nll"] == pytest.approx(steps["float32"]["nll"], rel=0.02)
+    assert steps["bfloat16"]["nll"] != steps["float32"]["nll"]
+    assert steps["bfloat16"]["kl_bits_total"] == pytest.approx(steps["float32"]["kl_bits_total"], rel=1e-6)
+    with pytest.raises(InvalidInput, match="unknown precision 'float16'; choose float32 or bfloat16"):
+        TrainConfig(precision="float16")
 
 
 def test_random_shifts_change_the_batches_training_sees(mnist_train):
