@@ -183,8 +183,8 @@ def speed_table() -> str:
     rows = ["| ms per step | plain | Mean-KL | Mean-Var | Mean-KL / plain | Mean-KL / Mean-Var | command |",
             "|---|---|---|---|---|---|---|"]
 
-    def row(label: str, record: dict, prefix: str, layout: str = "") -> str:
-        ms = [record[f"{prefix}{kind}{layout}_ms"] for kind in ("plain", "mean_kl", "mean_var")]
+    def row(label: str, record: dict, prefix: str, variant: str = "") -> str:
+        ms = [record[f"{prefix}{kind}{variant}_ms"] for kind in ("plain", "mean_kl", "mean_var")]
         return (f"| {label} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} | {ms[1] / ms[0]:.2f} | {ms[1] / ms[2]:.2f} "
                 f"| `python benchmarks/{record['command']}` |")
 
@@ -192,12 +192,9 @@ def speed_table() -> str:
                                   (f"one core busy, `--threads auto` ({busy['threads']['busy']} thread)", busy,
                                    "busy_")):
         rows.append(row(label, record, prefix))
-        if f"{prefix}plain_default_layout_ms" in record:  # measured with --layouts
-            rows.append(row(f"{label}, default memory layout", record, prefix, "_default_layout"))
-    bfloat16 = json.loads((RESULTS / "benchmarks" / "training-bfloat16.json").read_text())
-    for label, prefix in (("idle, 2 threads", ""), ("idle, 1 thread", "idle_1_thread_")):
-        rows += [row(f"{label}, float32 (same run as below)", bfloat16, prefix),
-                 row(f"{label}, `--precision bfloat16`", bfloat16, prefix, "_bfloat16")]
+        for variant, name in (("_default_layout", "default memory layout"), ("_bfloat16", "`--precision bfloat16`")):
+            if f"{prefix}plain{variant}_ms" in record:  # measured with --layouts, --bfloat16
+                rows.append(row(f"{label}, {name}", record, prefix, variant))
     return "\n".join(rows)
 
 
