@@ -1,7 +1,9 @@
+import ctypes
 import json
 from dataclasses import asdict, replace
 import math
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -656,13 +658,26 @@ def _kill_left_over(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)  # no stray process after a failure
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads child processes from /proc")
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupt_stops_a_parallel_study_at_once_and_logs_its_time(tmp_path, mnist_root, signal_number):
+def _to_a_thread_other_than_the_main_one(pid: int, signal_number: int) -> None:
+    """What the kernel may do with a signal sent to a process: hand it to any of its threads."""
+    thread = next(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    tgkill = {"x86_64": 234, "aarch64": 131}[platform.machine()]
+    assert ctypes.CDLL(None, use_errno=True).syscall(tgkill, pid, thread, signal_number) == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task") or platform.machine() not in ("x86_64", "aarch64"),
+                    reason="reads child processes and threads from /proc; tgkill's number on this machine")
+@pytest.mark.parametrize("signal_number, to_another_thread",
+                         [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_an_interrupt_stops_a_parallel_study_at_once_and_logs_its_time(tmp_path, mnist_root, signal_number,
+                                                                        to_another_thread):
     # The signal goes to the parent alone (as from `kill -INT` or `kill`): its workers, in the
     # middle of runs a million steps long, must stop too instead of being waited for.
     parent, workers = _parallel_study_in_its_runs(tmp_path, mnist_root)
-    parent.send_signal(signal_number)
+    if to_another_thread:
+        _to_a_thread_other_than_the_main_one(parent.pid, signal_number)
+    else:
+        parent.send_signal(signal_number)
     _wait_for_the_end_of(parent, workers, tmp_path / "stderr.txt")
     assert len(workers) == 2 and parent.returncode != 0
     assert "KeyboardInterrupt" in (tmp_path / "stderr.txt").read_text()

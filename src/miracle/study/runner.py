@@ -529,7 +529,9 @@ def _run_all(config: StudyConfig, trials: list[RunSpec], mean_kl: list[RunSpec],
     with worker_pool(jobs) as pool:
         pending = {pool.submit(execute_run, config, spec, out, data_dir): spec for spec in trials + mean_kl}
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            # A signal the kernel hands to another of this process's threads only sets a flag
+            # that the main thread checks when it wakes: waking every second keeps Ctrl-C prompt.
+            done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
             for future in done:
                 finished(pending.pop(future), future.result())
             if chosen is None and all(t in results for t in trials):
