@@ -29,7 +29,8 @@ def test_every_option_reaches_its_field():
     values = {"budget": "2KB", "param": "mean-var", "bits_per_block": "12", "include": "fc*", "exclude": "fc3*",
               "kl_bits": "11.5", "mean_kl_form": "bounded-mean", "mean_share": "0.6", "beta_initial": "0.5", "eps_beta": "0.01",
               "steps": "77", "batch_size": "64", "lr": "0.003", "lr_schedule": "constant", "weight_samples": "2",
-              "kl_anneal_from": "4", "kl_anneal_steps": "10", "random_shift_px": "2", "precision": "bfloat16", "checkpoint_every": "5", "blocks_per_group": "3",
+              "kl_anneal_from": "4", "kl_anneal_steps": "10", "random_shift_px": "2", "precision": "bfloat16",
+              "checkpoint_every": "5", "blocks_per_group": "3",
               "retrain_steps": "4", "retrain_lr": "0.002", "retrain_lr_schedule": "cosine", "rule": "ordered",
               "seed": "9"}
     argv = ["compress", "-o", "x.mrc", "--no-hashing"]

@@ -26,7 +26,8 @@ from .posteriors import POSTERIORS, MeanKL
 from .presets import PRESETS, get_preset
 from .provenance import peak_rss_mb, provenance
 from .published import MIRACLE_LENET5_MNIST
-from .training import DEFAULT_LR, DEFAULT_RETRAIN_LR, LR_SCHEDULES, PRECISIONS, accuracy, evaluate_posterior, load_checkpoint
+from .training import (DEFAULT_LR, DEFAULT_RETRAIN_LR, LR_SCHEDULES, PRECISIONS, accuracy, evaluate_posterior,
+                       load_checkpoint)
 from .variational import VariationalModel
 
 
