@@ -603,6 +603,9 @@ _INTERRUPTED_SCRIPT = """
 import faulthandler, signal, sys
 from pathlib import Path
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # where it hangs, should it ever
+# Ctrl-C as on a terminal, even when the tests were started in the background by a script,
+# which makes a process and its children ignore SIGINT.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from miracle.cli import sigterm_as_interrupt
 from miracle.study.runner import StudyConfig, run_study
 config = StudyConfig(**{**%r, "schedule_changes": (("steps", 10 ** 6),)})
